@@ -1,0 +1,81 @@
+// Pure rendering of the NoCloud seed files. The generated #cloud-config sets up one user with a
+// per-guest client key, pins a per-guest host key, and merges in the spec's cloudConfig.
+import { stringify } from 'yaml';
+import { isPlainObject } from '../util/validate.ts';
+
+export interface SeedInput {
+  instanceId: string;
+  hostname: string;
+  user: string;
+  /** OpenSSH public key line of the per-guest client key. */
+  authorizedKey: string;
+  /** The per-guest ed25519 host key, OpenSSH format. */
+  hostKey: { privateKey: string; publicKey: string };
+  cloudConfig?: Record<string, unknown> | undefined;
+}
+
+/** Keys guestlab owns: a cloudConfig that sets them would break the host-key pin. */
+export const RESERVED_CLOUD_CONFIG_KEYS = ['ssh_keys', 'ssh_deletekeys', 'ssh_genkeytypes'] as const;
+
+export function baseCloudConfig(input: SeedInput): Record<string, unknown> {
+  return {
+    hostname: input.hostname,
+    fqdn: `${input.hostname}.guestlab.internal`,
+    prefer_fqdn_over_hostname: false,
+    // Writes the hostname into /etc/hosts, so sudo and friends can resolve it.
+    manage_etc_hosts: true,
+    locale: 'C.UTF-8',
+    users: [
+      {
+        name: input.user,
+        gecos: 'guestlab test user',
+        shell: '/bin/bash',
+        sudo: 'ALL=(ALL) NOPASSWD:ALL',
+        lock_passwd: true,
+        ssh_authorized_keys: [input.authorizedKey],
+      },
+    ],
+    disable_root: true,
+    ssh_pwauth: false,
+    ssh_deletekeys: true,
+    ssh_genkeytypes: [],
+    ssh_keys: {
+      ed25519_private: input.hostKey.privateKey,
+      ed25519_public: input.hostKey.publicKey,
+    },
+  };
+}
+
+/**
+ * Merge a user's cloud-config into the base one: mappings merge key by key, lists are appended
+ * (so `users`, `write_files`, `runcmd` add to what guestlab sets), other values replace.
+ */
+export function mergeCloudConfig(base: Record<string, unknown>, extra: Record<string, unknown>, at = ''): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(extra)) {
+    const here = at ? `${at}.${key}` : key;
+    if (!at && (RESERVED_CLOUD_CONFIG_KEYS as readonly string[]).includes(key)) {
+      throw new TypeError(
+        `\`cloudConfig.${key}\` cannot be set: guestlab injects a per-guest host key and pins it. ` +
+          'Remove it from cloudConfig; read the pinned key from guest.ssh.hostKey.',
+      );
+    }
+    const current = merged[key];
+    if (Array.isArray(current) && Array.isArray(value)) merged[key] = [...current, ...value];
+    else if (isPlainObject(current) && isPlainObject(value)) merged[key] = mergeCloudConfig(current, value, here);
+    else merged[key] = value;
+  }
+  return merged;
+}
+
+export function renderUserData(input: SeedInput): string {
+  if (input.cloudConfig !== undefined && !isPlainObject(input.cloudConfig)) {
+    throw new TypeError('Expected `cloudConfig` to be a plain object of cloud-config keys (packages, write_files, runcmd, ...)');
+  }
+  const config = mergeCloudConfig(baseCloudConfig(input), input.cloudConfig ?? {});
+  return '#cloud-config\n' + stringify(config, { lineWidth: 0, aliasDuplicateObjects: false });
+}
+
+export function renderMetaData(input: Pick<SeedInput, 'instanceId' | 'hostname'>): string {
+  return stringify({ 'instance-id': input.instanceId, 'local-hostname': input.hostname }, { lineWidth: 0 });
+}

@@ -1,0 +1,40 @@
+// The private directory of one running guest. Every file in it has a name here.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { GuestlabError } from '../errors.ts';
+import { makePrivateDir } from '../util/fs.ts';
+
+export const INSTANCE_FILES = {
+  overlay: 'disk.qcow2',
+  seed: 'cidata.iso',
+  qmp: 'qmp.sock',
+  serial: 'serial.log',
+  clientKey: 'id_ed25519',
+  knownHosts: 'known_hosts',
+  info: 'guest.json',
+} as const;
+
+/** sun_path is 108 bytes including the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+export interface InstanceDir {
+  id: string;
+  dir: string;
+  file(name: keyof typeof INSTANCE_FILES): string;
+}
+
+export async function createInstanceDir(instancesDir: string, guestName: string): Promise<InstanceDir> {
+  const id = `${guestName}-${randomBytes(4).toString('hex')}`;
+  const dir = path.join(instancesDir, id);
+  const qmp = path.join(dir, INSTANCE_FILES.qmp);
+  if (Buffer.byteLength(qmp) > MAX_SOCKET_PATH) {
+    throw new GuestlabError(
+      `The instance directory path is too long for QEMU's unix socket (${Buffer.byteLength(qmp)} > ${MAX_SOCKET_PATH} bytes): ${qmp}. ` +
+        'Set GUESTLAB_INSTANCES_DIR to a shorter directory, or use a shorter guest name.',
+    );
+  }
+  await makePrivateDir(instancesDir);
+  await fs.mkdir(dir, { mode: 0o700 });
+  return { id, dir, file: (name) => path.join(dir, INSTANCE_FILES[name]) };
+}

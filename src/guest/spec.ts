@@ -1,0 +1,112 @@
+// GuestSpec: what a test asks for. Validated once, here, with messages naming option and value.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { GuestlabError } from '../errors.ts';
+import { guestlabPaths } from '../config.ts';
+import { exists } from '../util/fs.ts';
+import { describeValue, expectOneOf, expectPositiveInteger, expectString, isPlainObject } from '../util/validate.ts';
+import { loadYamlFile } from '../util/yaml-file.ts';
+
+export interface GuestSpec {
+  /** Catalog name, e.g. 'debian-12'. */
+  image: string;
+  /** Virtual CPUs (default 1). */
+  cpus?: number;
+  /** Guest memory in MiB (default 1024). */
+  memoryMiB?: number;
+  /** Merged into the generated #cloud-config (packages, write_files, runcmd, bootcmd, users...). */
+  cloudConfig?: Record<string, unknown>;
+  /** Guest hostname (default: image name plus a random suffix). */
+  name?: string;
+  /** Accelerator (default 'auto': KVM where usable, TCG otherwise). */
+  accel?: 'auto' | 'kvm' | 'tcg';
+  /** From QEMU start to cloud-init done (default 120 s under KVM, 600 s under TCG). */
+  bootTimeoutMs?: number;
+  /** Login user created by cloud-init (default 'guestlab'), with passwordless sudo. */
+  user?: string;
+}
+
+export interface ResolvedSpec {
+  image: string;
+  cpus: number;
+  memoryMiB: number;
+  cloudConfig: Record<string, unknown> | undefined;
+  name: string;
+  accel: 'auto' | 'kvm' | 'tcg';
+  bootTimeoutMs: number | undefined;
+  user: string;
+}
+
+const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user'] as const;
+const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
+
+export const DEFAULT_BOOT_TIMEOUT_MS = { kvm: 120_000, tcg: 600_000 } as const;
+
+export function resolveSpec(spec: GuestSpec): ResolvedSpec {
+  if (!isPlainObject(spec)) throw new TypeError(`Expected a guest spec object such as { image: 'debian-12' }, got ${describeValue(spec)}`);
+  for (const key of Object.keys(spec)) {
+    if (!(SPEC_KEYS as readonly string[]).includes(key)) {
+      throw new TypeError(`Unknown guest spec option \`${key}\`; known options: ${SPEC_KEYS.join(', ')}`);
+    }
+  }
+  const image = expectString('image', spec.image);
+  const name = spec.name === undefined ? defaultName(image) : expectString('name', spec.name, HOSTNAME, 'use lowercase letters, digits and inner hyphens (a hostname), at most 63 characters');
+  if (spec.cloudConfig !== undefined && !isPlainObject(spec.cloudConfig)) {
+    throw new TypeError(`Expected \`cloudConfig\` to be a plain object of cloud-config keys, got ${describeValue(spec.cloudConfig)}`);
+  }
+  return {
+    image,
+    cpus: spec.cpus === undefined ? 1 : expectPositiveInteger('cpus', spec.cpus, 64),
+    memoryMiB: spec.memoryMiB === undefined ? 1024 : expectPositiveInteger('memoryMiB', spec.memoryMiB, 1024 * 1024),
+    cloudConfig: spec.cloudConfig,
+    name,
+    accel: spec.accel === undefined ? 'auto' : expectOneOf('accel', spec.accel, ['auto', 'kvm', 'tcg'] as const),
+    bootTimeoutMs: spec.bootTimeoutMs === undefined ? undefined : expectPositiveInteger('bootTimeoutMs', spec.bootTimeoutMs),
+    user: spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name'),
+  };
+}
+
+function defaultName(image: string): string {
+  const base = image.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 50) || 'guest';
+  return `${base}-${randomBytes(3).toString('hex')}`;
+}
+
+export class UnknownFixtureError extends GuestlabError {
+  override name = 'UnknownFixtureError';
+  constructor(fixture: string, known: string[], dirs: string[]) {
+    super(
+      `Unknown guest fixture "${fixture}". Known fixtures: ${known.length ? known.join(', ') : '(none)'}. ` +
+        `Add ${fixture}.yaml to one of: ${dirs.join(', ')} (or set GUESTLAB_FIXTURES_PATH).`,
+      { code: 'ERR_UNKNOWN_FIXTURE' },
+    );
+  }
+}
+
+/** Load fixtures/NAME.yaml as a GuestSpec; errors name the file and line. */
+export async function loadFixture(fixture: string, dirs = guestlabPaths().fixtureDirs): Promise<GuestSpec> {
+  const candidates = /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(fixture)
+    ? dirs.flatMap((dir) => [path.join(dir, `${fixture}.yaml`), path.join(dir, `${fixture}.yml`)])
+    : [];
+  for (const file of candidates) {
+    if (!(await exists(file))) continue;
+    const yaml = await loadYamlFile(file);
+    if (!isPlainObject(yaml.data)) throw yaml.error([], 'must be a mapping of guest spec options (image, cpus, memoryMiB, cloudConfig, ...)');
+    try {
+      resolveSpec(yaml.data as unknown as GuestSpec);
+    } catch (error) {
+      const key = /`([A-Za-z]+)/.exec((error as Error).message)?.[1];
+      throw yaml.error(key && key in yaml.data ? [key] : [], (error as Error).message);
+    }
+    return yaml.data as unknown as GuestSpec;
+  }
+  const known = new Set<string>();
+  for (const dir of dirs) {
+    for (const entry of await fs.readdir(dir).catch(() => [] as string[])) {
+      const m = /^(.+)\.ya?ml$/.exec(entry);
+      if (m?.[1]) known.add(m[1]);
+    }
+  }
+  throw new UnknownFixtureError(fixture, [...known].sort(), dirs);
+}

@@ -1,0 +1,201 @@
+// startGuest(): the whole flow of one guest, image -> disk -> seed -> qemu -> ready.
+// Every resource is registered for teardown before the step that could leak it.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AbortedError, BootTimeoutError, CloudInitError, GuestlabError, HostRequirementError, QemuError, SshError, tailLines } from '../errors.ts';
+import { guestlabPaths } from '../config.ts';
+import { writeSeedIso } from '../cloud-init/seed.ts';
+import { createOverlay } from '../disk/overlay.ts';
+import { probeHost } from '../host/probe.ts';
+import { ensureImage } from '../images/builder.ts';
+import { log as rootLog } from '../log.ts';
+import { buildQemuArgv, parseUsernetForward, type Accel } from '../qemu/argv.ts';
+import { describeExit, launchQemu, type QemuProcess } from '../qemu/process.ts';
+import { QmpClient } from '../qemu/qmp.ts';
+import { waitForSshBanner } from '../ssh/banner.ts';
+import { generateEd25519 } from '../ssh/keys.ts';
+import { SshSession } from '../ssh/session.ts';
+import { writePrivateFile } from '../util/fs.ts';
+import { createInstanceDir, type InstanceDir } from './instance.ts';
+import { registerLive } from './registry.ts';
+import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec } from './spec.ts';
+import { shutdownParts, StartedGuest, type BootTimings } from './started-guest.ts';
+
+export interface StartOptions {
+  signal?: AbortSignal;
+}
+
+const SERIAL_TAIL_LINES = 50;
+
+/** Boot a guest and return it once SSH works and cloud-init is done. A string names fixtures/NAME.yaml. */
+export async function startGuest(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<StartedGuest> {
+  const spec = resolveSpec(typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture);
+  const { signal } = options;
+  const log = rootLog.child(spec.name);
+  const t0 = performance.now();
+  const since = () => Math.round(performance.now() - t0);
+  const checkAbort = (what: string) => {
+    if (signal?.aborted) throw new AbortedError(`Starting guest ${spec.name} (${what})`, { cause: signal.reason });
+  };
+
+  const host = await probeHost();
+  const accel = chooseAccel(spec.accel, host.kvm);
+  const bootTimeoutMs = spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[accel];
+  const image = await ensureImage(spec.image, { log, signal });
+  const imageReadyMs = since();
+  checkAbort('image ready');
+
+  const instance = await createInstanceDir(guestlabPaths().instancesDir, spec.name);
+  registerLive(instance.id, { dir: instance.dir });
+  const parts: Parameters<typeof shutdownParts>[0] = { instance, log };
+  try {
+    log.debug(`booting ${spec.image} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB) in ${instance.dir}`);
+    const clientKey = generateEd25519(`guestlab@${instance.id}`);
+    const hostKey = generateEd25519(`root@${spec.name}`);
+    await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
+    await createOverlay(image.disk, instance.file('overlay'), signal);
+    await writeSeedIso(instance.file('seed'), {
+      instanceId: instance.id,
+      hostname: spec.name,
+      user: spec.user,
+      authorizedKey: clientKey.publicKey,
+      hostKey,
+      cloudConfig: spec.cloudConfig,
+    }, signal);
+    checkAbort('disk and seed ready');
+
+    const argv = buildQemuArgv({
+      name: spec.name,
+      tag: randomUUID(),
+      accel,
+      cpus: spec.cpus,
+      memoryMiB: spec.memoryMiB,
+      disk: instance.file('overlay'),
+      seed: instance.file('seed'),
+      kernel: { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline },
+      qmpSocket: instance.file('qmp'),
+      serialLog: instance.file('serial'),
+      sshHostPort: 0,
+    });
+    const bootStarted = performance.now();
+    const deadline = Date.now() + bootTimeoutMs;
+    const qemu = await launchQemu(argv, log);
+    parts.qemu = qemu;
+    registerLive(instance.id, { dir: instance.dir, pid: qemu.pid });
+    const qmp = await connectQmp(instance, qemu, deadline);
+    parts.qmp = qmp;
+    const port = parseUsernetForward(await qmp.hmp('info usernet'), 22);
+    if (!port) throw new QemuError(`QEMU did not report the SSH forward (info usernet); QEMU output:\n${qemu.outputTail()}`);
+    const qemuStartedMs = since();
+    const endpoint = { host: '127.0.0.1', port, user: spec.user, privateKey: clientKey.privateKey, hostKey: hostKey.publicKey };
+    await fs.writeFile(instance.file('knownHosts'), `[127.0.0.1]:${port} ${hostKey.publicKey}\n`, { mode: 0o600 });
+    await fs.writeFile(
+      instance.file('info'),
+      JSON.stringify({ id: instance.id, name: spec.name, image: spec.image, accel, cpus: spec.cpus, memoryMiB: spec.memoryMiB, sshPort: port, user: spec.user, qemuPid: qemu.pid, ownerPid: process.pid, startedAt: new Date().toISOString() }, null, 2) + '\n',
+      { mode: 0o600 },
+    );
+
+    const bootFailure = async (phase: string, problem: string, cause?: unknown): Promise<Error> => {
+      const serial = tailLines(await fs.readFile(instance.file('serial'), 'utf8').catch(() => ''), SERIAL_TAIL_LINES);
+      const elapsed = ((performance.now() - bootStarted) / 1000).toFixed(1);
+      const text = `Guest ${spec.name} (${spec.image}, ${accel}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
+        `--- serial console, last ${SERIAL_TAIL_LINES} lines ---\n${serial || '(empty)'}`;
+      if (qemu.hasExited) return new QemuError(`${text}\n--- QEMU output ---\n${qemu.outputTail()}`, { cause });
+      return problem.startsWith('did not') ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
+    };
+    const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : undefined);
+
+    // Banner, then authentication. Retried until the deadline: sshd may be up before cloud-init
+    // has created the user. A host key mismatch is final.
+    let session: SshSession | undefined;
+    let sshBannerMs = 0;
+    let lastAuthError: unknown;
+    while (!session) {
+      checkAbort('waiting for SSH');
+      const banner = await waitForSshBanner({ host: endpoint.host, port, deadline, shouldStop: qemuGone, signal });
+      if (!banner) throw await bootFailure('ssh-banner', `did not answer SSH within ${bootTimeoutMs} ms`, lastAuthError);
+      if ('stopped' in banner) {
+        checkAbort('waiting for SSH');
+        throw await bootFailure('ssh-banner', `stopped before SSH answered: QEMU ${qemu.hasExited ? describeExit(await qemu.exited) : 'stopped'}`);
+      }
+      sshBannerMs ||= since();
+      try {
+        session = await SshSession.connect(endpoint, { sock: banner.socket, readyTimeoutMs: Math.max(1000, deadline - Date.now()) });
+      } catch (error) {
+        if ((error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH') throw error;
+        lastAuthError = error;
+        log.debug(`SSH not ready yet: ${(error as Error).message}`);
+        if (Date.now() >= deadline) throw await bootFailure('ssh-auth', `did not accept the SSH key within ${bootTimeoutMs} ms`, error);
+        await sleep(500);
+      }
+    }
+    parts.session = session;
+    const sshReadyMs = since();
+    log.debug(`SSH ready after ${(sshReadyMs / 1000).toFixed(1)}s`);
+
+    const status = await session.exec('cloud-init status --wait --long', { timeoutMs: Math.max(1000, deadline - Date.now()), signal });
+    checkAbort('waiting for cloud-init');
+    const statusText = status.stdout.toString('utf8');
+    if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`);
+    const state = /^status:\s*(\S+)/m.exec(statusText)?.[1];
+    if (state !== 'done') {
+      const log = await session.exec('sudo -n tail -n 40 /var/log/cloud-init-output.log', { timeoutMs: 10_000 }).catch(() => undefined);
+      const detail = `${statusText.trim()}\n--- /var/log/cloud-init-output.log (last lines) ---\n${log?.stdout.toString('utf8').trim() ?? '(unavailable)'}`;
+      throw new CloudInitError(`cloud-init finished with status "${state ?? 'unknown'}" in guest ${spec.name}; check the cloudConfig entries named below.\n${detail}`, detail);
+    }
+    const timings: BootTimings = { imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since() };
+    log.debug(`ready: ${JSON.stringify(timings)}`);
+    return new StartedGuest({
+      name: spec.name,
+      image: spec.image,
+      accel,
+      cpus: spec.cpus,
+      memoryMiB: spec.memoryMiB,
+      instance,
+      qemu,
+      qmp,
+      session,
+      ssh: {
+        host: endpoint.host,
+        port,
+        user: spec.user,
+        hostKey: hostKey.publicKey,
+        privateKeyPath: instance.file('clientKey'),
+        knownHostsPath: instance.file('knownHosts'),
+      },
+      timings,
+      log,
+    });
+  } catch (error) {
+    await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
+    if (error instanceof SshError || error instanceof GuestlabError) throw error;
+    throw new GuestlabError(`Starting guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+export function chooseAccel(requested: 'auto' | 'kvm' | 'tcg', kvm: { usable: boolean; reason: string }): Accel {
+  if (requested === 'tcg') return 'tcg';
+  if (kvm.usable) return 'kvm';
+  if (requested === 'kvm') throw new HostRequirementError(`accel: 'kvm' was requested but KVM is not usable: ${kvm.reason}`);
+  return 'tcg';
+}
+
+async function connectQmp(instance: InstanceDir, qemu: QemuProcess, deadline: number): Promise<QmpClient> {
+  // QEMU creates the socket while it initializes; poll briefly for it.
+  const until = Math.min(deadline, Date.now() + 30_000);
+  let lastError: unknown;
+  while (Date.now() < until) {
+    if (qemu.hasExited) {
+      throw new QemuError(`QEMU ${describeExit(await qemu.exited)} during startup:\n${qemu.outputTail()}`);
+    }
+    try {
+      return await QmpClient.connect(instance.file('qmp'));
+    } catch (error) {
+      lastError = error;
+      await sleep(50);
+    }
+  }
+  throw new QemuError(`QEMU's QMP socket did not come up within 30 s: ${(lastError as Error)?.message}\n${qemu.outputTail()}`, { cause: lastError });
+}
+

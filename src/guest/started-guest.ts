@@ -1,0 +1,216 @@
+// A running, reachable guest: commands over SSH, the console log, and an idempotent stop().
+import fs from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { GuestCommandError, GuestStoppedError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { Accel } from '../qemu/argv.ts';
+import type { QemuProcess } from '../qemu/process.ts';
+import type { QmpClient } from '../qemu/qmp.ts';
+import type { SshSession } from '../ssh/session.ts';
+import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
+import { describeValue } from '../util/validate.ts';
+import type { InstanceDir } from './instance.ts';
+import { unregisterLive } from './registry.ts';
+
+export interface ExecOptions {
+  /** Bytes or text fed to the command's standard input (closed afterwards). */
+  stdin?: string | Uint8Array;
+  /** Kill the command after this long; the result then has `timedOut: true`. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Run as root through passwordless sudo. */
+  sudo?: boolean;
+  /** Working directory inside the guest. */
+  cwd?: string;
+  /** Extra environment variables for the command. */
+  env?: Record<string, string>;
+}
+
+export interface ExecResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+  /** Signal name when the command was killed by one. */
+  signal?: string | undefined;
+  timedOut?: boolean;
+  durationMs?: number;
+}
+
+export interface SshInfo {
+  host: string;
+  port: number;
+  user: string;
+  privateKeyPath: string;
+  /** The pinned host key, an OpenSSH public key line ("ssh-ed25519 AAAA..."). */
+  hostKey: string;
+  /** A known_hosts file that pins the host key, for the ssh command line tool. */
+  knownHostsPath: string;
+}
+
+/** How long each boot phase took, in ms from the start of startGuest(). */
+export interface BootTimings {
+  imageReadyMs: number;
+  qemuStartedMs: number;
+  sshBannerMs: number;
+  sshReadyMs: number;
+  cloudInitDoneMs: number;
+}
+
+export interface GuestParts {
+  name: string;
+  image: string;
+  accel: Accel;
+  cpus: number;
+  memoryMiB: number;
+  instance: InstanceDir;
+  qemu: QemuProcess;
+  qmp: QmpClient;
+  session: SshSession;
+  ssh: SshInfo;
+  timings: BootTimings;
+  log: Logger;
+}
+
+const QUIT_GRACE_MS = 5_000;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export class StartedGuest implements AsyncDisposable {
+  readonly name: string;
+  readonly image: string;
+  readonly accel: Accel;
+  readonly cpus: number;
+  readonly memoryMiB: number;
+  readonly ssh: SshInfo;
+  readonly timings: BootTimings;
+  readonly instanceId: string;
+  readonly instanceDir: string;
+  #parts: GuestParts;
+  #stopping: Promise<void> | undefined;
+
+  constructor(parts: GuestParts) {
+    this.#parts = parts;
+    this.name = parts.name;
+    this.image = parts.image;
+    this.accel = parts.accel;
+    this.cpus = parts.cpus;
+    this.memoryMiB = parts.memoryMiB;
+    this.ssh = parts.ssh;
+    this.timings = parts.timings;
+    this.instanceId = parts.instance.id;
+    this.instanceDir = parts.instance.dir;
+  }
+
+  /** QEMU's process id. */
+  get pid(): number {
+    return this.#parts.qemu.pid;
+  }
+
+  get stopped(): boolean {
+    return this.#stopping !== undefined;
+  }
+
+  /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
+  async exec(argv: string[], options: ExecOptions = {}): Promise<ExecResult> {
+    if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
+    return this.#run(this.#commandLine(argv, options), options);
+  }
+
+  /** Runs a script through `sh -c`. */
+  async shell(script: string, options: ExecOptions = {}): Promise<ExecResult> {
+    if (typeof script !== 'string') throw new TypeError(`Expected \`script\` to be a string, got ${describeValue(script)}`);
+    return this.exec(['sh', '-c', script], options);
+  }
+
+  /** Runs argv (or a script through sh -c) and returns its stdout; throws GuestCommandError otherwise. */
+  async succeed(argvOrScript: string[] | string, options: ExecOptions = {}): Promise<string> {
+    const argv = typeof argvOrScript === 'string' ? ['sh', '-c', argvOrScript] : argvOrScript;
+    const result = await this.exec(argv, options);
+    if (result.exitCode !== 0 || result.timedOut) {
+      throw new GuestCommandError({
+        command: typeof argvOrScript === 'string' ? argvOrScript : quoteArgv(argv),
+        exitCode: result.exitCode,
+        signal: result.signal,
+        stdout: result.stdout,
+        stderr: result.stderr,
+        timedOut: result.timedOut,
+        guest: this.name,
+      });
+    }
+    return result.stdout;
+  }
+
+  /** Everything the guest wrote to its serial console so far. */
+  async consoleLog(): Promise<string> {
+    return fs.readFile(this.#parts.instance.file('serial'), 'utf8').catch(() => '');
+  }
+
+  /** Ends the guest: SSH, then QMP quit, then SIGKILL after a grace period; removes its directory. */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#teardown();
+    return this.#stopping;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
+  }
+
+  #commandLine(argv: string[], options: ExecOptions): string {
+    const prefix: string[] = [];
+    if (options.sudo) prefix.push('sudo', '-n', '--');
+    if (options.env) {
+      const pairs = Object.entries(options.env).map(([key, value]) => {
+        if (!ENV_NAME.test(key)) throw new TypeError(`Invalid environment variable name in \`env\`: ${describeValue(key)}`);
+        return `${key}=${value}`;
+      });
+      prefix.push('env', ...pairs);
+    }
+    const command = quoteArgv([...prefix, ...argv]);
+    return options.cwd === undefined ? command : `cd ${quoteArg(options.cwd)} && ${command}`;
+  }
+
+  async #run(command: string, options: ExecOptions): Promise<ExecResult> {
+    if (this.#stopping) throw new GuestStoppedError(this.name);
+    const started = performance.now();
+    const raw = await this.#parts.session.exec(command, options);
+    return {
+      stdout: raw.stdout.toString('utf8'),
+      stderr: raw.stderr.toString('utf8'),
+      exitCode: raw.exitCode,
+      signal: raw.signal,
+      timedOut: raw.timedOut,
+      durationMs: performance.now() - started,
+    };
+  }
+
+  async #teardown(): Promise<void> {
+    await shutdownParts(this.#parts);
+  }
+}
+
+/** Tears down whatever parts exist; shared by stop() and by a failed start. */
+export async function shutdownParts(parts: {
+  instance: InstanceDir;
+  qemu?: QemuProcess | undefined;
+  qmp?: QmpClient | undefined;
+  session?: SshSession | undefined;
+  log: Logger;
+}): Promise<void> {
+  const started = Date.now();
+  parts.session?.close();
+  const { qemu, qmp } = parts;
+  if (qemu && !qemu.hasExited) {
+    if (qmp && !qmp.closed) {
+      await Promise.race([qmp.execute('quit').catch(() => undefined), sleep(QUIT_GRACE_MS)]);
+    }
+    const exitedInTime = await Promise.race([qemu.exited.then(() => true), sleep(QUIT_GRACE_MS, false)]);
+    if (!exitedInTime) {
+      parts.log.warn(`QEMU (pid ${qemu.pid}) did not quit within ${QUIT_GRACE_MS} ms; killing it`);
+      qemu.kill('SIGKILL');
+      await qemu.exited;
+    }
+  }
+  qmp?.close();
+  await fs.rm(parts.instance.dir, { recursive: true, force: true });
+  unregisterLive(parts.instance.id);
+  parts.log.debug(`stopped in ${Date.now() - started} ms`);
+}

@@ -1,0 +1,145 @@
+// Facts about this host that decide how guests run: tools, KVM, cores, memory, disk.
+import { constants as fsConstants } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { HostRequirementError } from '../errors.ts';
+import { assessKvm, parseCpuFlags, parseKvmModules, type DevKvmState, type KvmAssessment } from './kvm.ts';
+
+export interface ToolInfo {
+  name: string;
+  path: string | undefined;
+  version: string | undefined;
+}
+
+export interface HostFacts {
+  qemu: ToolInfo;
+  qemuImg: ToolInfo;
+  isoTool: ToolInfo;
+  mmdebstrap: ToolInfo;
+  mkfsExt4: ToolInfo;
+  setpriv: ToolInfo;
+  kvm: KvmAssessment;
+  cores: number;
+  memAvailableMiB: number;
+  isRoot: boolean;
+}
+
+const EXTRA_DIRS = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
+
+/** The absolute path of an executable on PATH (plus the sbin directories), or undefined. */
+export async function findExecutable(name: string): Promise<string | undefined> {
+  const dirs = [...(process.env.PATH ?? '').split(path.delimiter).filter(Boolean), ...EXTRA_DIRS];
+  for (const dir of dirs) {
+    const candidate = path.join(dir, name);
+    try {
+      await fs.access(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {
+      // keep looking
+    }
+  }
+  return undefined;
+}
+
+async function tool(name: string, versionArgs: string[] | undefined, pick: (out: string) => string | undefined): Promise<ToolInfo> {
+  const found = await findExecutable(name);
+  if (!found || !versionArgs) return { name, path: found, version: undefined };
+  const result = await execa(found, versionArgs, { reject: false, timeout: 10_000 });
+  return { name, path: found, version: pick(`${result.stdout}\n${result.stderr}`) };
+}
+
+const firstLine = (out: string) => out.trim().split('\n')[0]?.trim() || undefined;
+const versionNumber = (out: string) => /(\d+\.\d+(?:\.\d+)?)/.exec(out)?.[1];
+
+async function firstTool(names: string[], args: string[]): Promise<ToolInfo> {
+  for (const name of names) {
+    const info = await tool(name, args, firstLine);
+    if (info.path) return info;
+  }
+  return { name: names.join(' | '), path: undefined, version: undefined };
+}
+
+export async function probeKvm(): Promise<KvmAssessment> {
+  let devKvm: DevKvmState = 'ok';
+  try {
+    await fs.access('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK);
+  } catch (error) {
+    devKvm = (error as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : 'no-access';
+  }
+  const cpuinfo = await fs.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  const modules = await fs.readFile('/proc/modules', 'utf8').catch(() => '');
+  return assessKvm({ devKvm, cpuFlags: parseCpuFlags(cpuinfo), kvmModules: parseKvmModules(modules) });
+}
+
+export async function memAvailableMiB(): Promise<number> {
+  const meminfo = await fs.readFile('/proc/meminfo', 'utf8').catch(() => '');
+  const kib = /^MemAvailable:\s+(\d+)/m.exec(meminfo)?.[1];
+  return kib ? Math.floor(Number(kib) / 1024) : Math.floor(os.freemem() / 1048576);
+}
+
+/** Free bytes on the filesystem that holds `dir` (or its nearest existing parent). */
+export async function freeDiskBytes(dir: string): Promise<number> {
+  let current = path.resolve(dir);
+  for (;;) {
+    try {
+      const stats = await fs.statfs(current);
+      return stats.bavail * stats.bsize;
+    } catch {
+      const parent = path.dirname(current);
+      if (parent === current) return 0;
+      current = parent;
+    }
+  }
+}
+
+let cached: Promise<HostFacts> | undefined;
+
+/** Probe the host once per process. */
+export function probeHost(): Promise<HostFacts> {
+  cached ??= (async () => {
+    const [qemu, qemuImg, isoTool, mmdebstrap, mkfsExt4, setpriv, kvm, memAvailable] = await Promise.all([
+      tool('qemu-system-x86_64', ['--version'], versionNumber),
+      tool('qemu-img', ['--version'], versionNumber),
+      firstTool(['genisoimage', 'xorrisofs', 'mkisofs'], ['--version']),
+      tool('mmdebstrap', ['--version'], versionNumber),
+      tool('mkfs.ext4', ['-V'], versionNumber),
+      tool('setpriv', ['--version'], versionNumber),
+      probeKvm(),
+      memAvailableMiB(),
+    ]);
+    return {
+      qemu,
+      qemuImg,
+      isoTool,
+      mmdebstrap,
+      mkfsExt4,
+      setpriv,
+      kvm,
+      cores: os.availableParallelism(),
+      memAvailableMiB: memAvailable,
+      isRoot: process.getuid?.() === 0,
+    };
+  })();
+  return cached;
+}
+
+const APT_HINT = 'install it with: apt-get install';
+
+/** The missing tool's doctor line, thrown where a guest needs it. */
+export function requireTool(info: ToolInfo, debianPackage: string, purpose: string): string {
+  if (!info.path) {
+    throw new HostRequirementError(`${info.name} not found (needed ${purpose}); ${APT_HINT} ${debianPackage}`);
+  }
+  return info.path;
+}
+
+export const DEBIAN_PACKAGES = {
+  qemu: 'qemu-system-x86',
+  qemuImg: 'qemu-utils',
+  isoTool: 'genisoimage',
+  mmdebstrap: 'mmdebstrap',
+  mkfsExt4: 'e2fsprogs',
+  setpriv: 'util-linux',
+} as const;

@@ -1,0 +1,24 @@
+// The public API of 'guestlab'. Nothing else is exported.
+export { startGuest, type StartOptions } from './guest/start.ts';
+export { StartedGuest, type ExecOptions, type ExecResult, type SshInfo, type BootTimings } from './guest/started-guest.ts';
+export { loadFixture, type GuestSpec } from './guest/spec.ts';
+export {
+  GuestlabError,
+  GuestCommandError,
+  BootTimeoutError,
+  CloudInitError,
+  HostKeyMismatchError,
+  HostRequirementError,
+  ConfigFileError,
+  ImageBuildError,
+  QemuError,
+  SshError,
+  GuestStoppedError,
+  AbortedError,
+  type GuestlabErrorCode,
+} from './errors.ts';
+export { UnknownImageError } from './images/catalog.ts';
+export { UnknownFixtureError } from './guest/spec.ts';
+export { ensureImage, type BuiltImage } from './images/builder.ts';
+export { probeHost, type HostFacts } from './host/probe.ts';
+export { quoteArg, quoteArgv } from './util/shell-quote.ts';

@@ -1,0 +1,68 @@
+// Pure QEMU command line for one guest. Everything that varies between guests comes in the
+// config; nothing is read from the environment here, so the argv is unit-testable.
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface QemuConfig {
+  name: string;
+  /** Tags the process so that a sweep can tell guestlab's QEMUs from others. */
+  tag: string;
+  accel: Accel;
+  cpus: number;
+  memoryMiB: number;
+  /** The guest's qcow2 overlay. */
+  disk: string;
+  /** NoCloud seed ISO. */
+  seed: string;
+  /** Direct kernel boot; omitted for images that boot through firmware. */
+  kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
+  qmpSocket: string;
+  serialLog: string;
+  /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
+  sshHostPort: number;
+}
+
+/** Characters QEMU's option parser treats specially inside a value. */
+function optValue(value: string): string {
+  if (/[\n\0]/.test(value)) throw new TypeError(`QEMU option value cannot contain a newline or NUL: ${JSON.stringify(value)}`);
+  return value.replaceAll(',', ',,');
+}
+
+export function buildQemuArgv(config: QemuConfig): string[] {
+  const argv = [
+    '-name', `guest=${optValue(config.name)},debug-threads=on`,
+    '-uuid', config.tag,
+    '-nodefaults', '-no-user-config',
+    '-display', 'none', '-vga', 'none',
+    '-machine', 'q35',
+    ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max']),
+    '-smp', String(config.cpus),
+    '-m', `${config.memoryMiB}M`,
+    // Throwaway overlays: never wait for the host to flush them.
+    '-drive', `if=none,id=disk0,file=${optValue(config.disk)},format=qcow2,cache=unsafe,discard=unmap`,
+    '-device', 'virtio-blk-pci,drive=disk0',
+    '-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`,
+    '-device', 'virtio-blk-pci,drive=seed0',
+    '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
+    '-device', 'virtio-net-pci,netdev=net0',
+    '-object', 'rng-random,id=rng0,filename=/dev/urandom',
+    '-device', 'virtio-rng-pci,rng=rng0',
+    '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
+    '-mon', 'chardev=qmp0,mode=control',
+    '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}`,
+    '-serial', 'chardev:serial0',
+  ];
+  if (config.kernel) {
+    argv.push('-kernel', config.kernel.kernel, '-initrd', config.kernel.initrd, '-append', config.kernel.cmdline);
+  }
+  return argv;
+}
+
+/** The host port of the SSH forward, from HMP `info usernet`. */
+export function parseUsernetForward(infoUsernet: string, guestPort: number): number | undefined {
+  for (const line of infoUsernet.split(/\r?\n/)) {
+    const m = /TCP\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)/.exec(line);
+    if (m && Number(m[3]) === guestPort) return Number(m[2]);
+  }
+  return undefined;
+}

@@ -1,0 +1,73 @@
+// Wait for sshd's identification line. With user-mode networking the forwarded port accepts TCP
+// long before sshd listens, so an open port means nothing; the "SSH-2.0-" banner does. The socket
+// that saw the banner is handed on (banner pushed back), so no handshake is wasted on polling.
+import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export interface BannerOptions {
+  host: string;
+  port: number;
+  /** Overall deadline (epoch ms). */
+  deadline: number;
+  /** Per-attempt limit: slirp may hold a connection open while the guest's network is down. */
+  attemptMs?: number;
+  retryDelayMs?: number;
+  /** Checked between attempts: return a reason to give up at once (e.g. QEMU exited). */
+  shouldStop?: () => string | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+export interface BannerResult {
+  socket: net.Socket;
+  banner: string;
+  attempts: number;
+}
+
+function attempt(host: string, port: number, attemptMs: number): Promise<{ socket: net.Socket; banner: string } | undefined> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port, noDelay: true });
+    const chunks: Buffer[] = [];
+    let done = false;
+    const finish = (result: { socket: net.Socket; banner: string } | undefined) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      if (!result) socket.destroy();
+      resolve(result);
+    };
+    const timer = setTimeout(() => finish(undefined), attemptMs);
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      const received = Buffer.concat(chunks);
+      const text = received.toString('latin1');
+      const line = text.split('\n').find((l) => l.startsWith('SSH-'));
+      if (line && text.includes('\n')) {
+        socket.pause();
+        socket.unshift(received);
+        finish({ socket, banner: line.trim() });
+      } else if (received.length > 8192) {
+        finish(undefined);
+      }
+    };
+    socket.on('data', onData);
+    socket.once('error', () => finish(undefined));
+    socket.once('close', () => finish(undefined));
+  });
+}
+
+/** Resolves with a connected socket positioned before the banner, or undefined at the deadline. */
+export async function waitForSshBanner(options: BannerOptions): Promise<BannerResult | { stopped: string } | undefined> {
+  let attempts = 0;
+  while (Date.now() < options.deadline) {
+    const stop = options.shouldStop?.();
+    if (stop) return { stopped: stop };
+    if (options.signal?.aborted) return { stopped: 'aborted' };
+    attempts++;
+    const remaining = options.deadline - Date.now();
+    const result = await attempt(options.host, options.port, Math.max(100, Math.min(options.attemptMs ?? 5000, remaining)));
+    if (result) return { ...result, attempts };
+    await sleep(options.retryDelayMs ?? 250);
+  }
+  return undefined;
+}
