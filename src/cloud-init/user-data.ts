@@ -38,7 +38,8 @@ export function baseCloudConfig(input: SeedInput): Record<string, unknown> {
     disable_root: true,
     ssh_pwauth: false,
     ssh_deletekeys: true,
-    ssh_genkeytypes: [],
+    // Only the key type injected below, so nothing is generated: the served key is the pinned one.
+    ssh_genkeytypes: ['ed25519'],
     ssh_keys: {
       ed25519_private: input.hostKey.privateKey,
       ed25519_public: input.hostKey.publicKey,

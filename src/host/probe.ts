@@ -50,12 +50,11 @@ async function tool(name: string, versionArgs: string[] | undefined, pick: (out:
   return { name, path: found, version: pick(`${result.stdout}\n${result.stderr}`) };
 }
 
-const firstLine = (out: string) => out.trim().split('\n')[0]?.trim() || undefined;
 const versionNumber = (out: string) => /(\d+\.\d+(?:\.\d+)?)/.exec(out)?.[1];
 
 async function firstTool(names: string[], args: string[]): Promise<ToolInfo> {
   for (const name of names) {
-    const info = await tool(name, args, firstLine);
+    const info = await tool(name, args, versionNumber);
     if (info.path) return info;
   }
   return { name: names.join(' | '), path: undefined, version: undefined };

@@ -100,10 +100,14 @@ async function readBuiltImage(recipe: ImageRecipe, dir: string): Promise<BuiltIm
     disk: path.join(dir, IMAGE_FILES.disk),
     kernel: path.join(dir, IMAGE_FILES.kernel),
     initrd: path.join(dir, IMAGE_FILES.initrd),
-    cmdline: manifest.cmdline,
+    cmdline: kernelCmdline(recipe),
     built: false,
     buildMs: manifest.buildMs,
   };
+}
+
+export function kernelCmdline(recipe: ImageRecipe): string {
+  return `root=LABEL=root ro ${recipe.cmdline}`;
 }
 
 const FSTAB = 'LABEL=root / ext4 rw,discard,errors=remount-ro 0 1\n';
@@ -195,7 +199,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
       recipeHash: recipeHash(recipe),
       suite: recipe.suite,
       kernelVersion: kernelFile.replace(/^vmlinuz-/, ''),
-      cmdline: `root=LABEL=root ro ${recipe.cmdline}`,
+      cmdline: kernelCmdline(recipe),
       builtAt: new Date().toISOString(),
       buildMs: Date.now() - started,
       diskBytes: (await fs.stat(disk)).size,

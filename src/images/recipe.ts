@@ -90,8 +90,11 @@ export function parseRecipe(yaml: YamlFile): ImageRecipe {
   };
 }
 
-/** A digest of everything that changes the built image (not the file's location or comments). */
+/**
+ * A digest of everything that changes the built image. Not the file's location, its description,
+ * nor the kernel command line, which is read from the recipe at every boot.
+ */
 export function recipeHash(recipe: ImageRecipe): string {
-  const { source: _source, description: _description, ...content } = recipe;
+  const { source: _source, description: _description, cmdline: _cmdline, ...content } = recipe;
   return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...content })).digest('hex');
 }

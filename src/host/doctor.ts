@@ -1,0 +1,97 @@
+// `guestlab doctor`: what this host can do, and one actionable line per missing requirement.
+import { guestlabPaths } from '../config.ts';
+import { DEBIAN_PACKAGES, freeDiskBytes, probeHost, type HostFacts, type ToolInfo } from './probe.ts';
+
+export interface DoctorLine {
+  status: 'ok' | 'info' | 'warn' | 'missing';
+  text: string;
+}
+
+export interface DoctorReport {
+  lines: DoctorLine[];
+  /** One line per missing requirement, each saying how to fix it. */
+  problems: string[];
+  facts: HostFacts;
+  accel: 'kvm' | 'tcg';
+}
+
+const MIN_MEMORY_MIB = 1536;
+const MIN_DISK_BYTES = 5 * 1024 ** 3;
+const GiB = 1024 ** 3;
+
+export async function runDoctor(): Promise<DoctorReport> {
+  const facts = await probeHost();
+  const paths = guestlabPaths();
+  const [imagesFree, instancesFree] = await Promise.all([freeDiskBytes(paths.imagesDir), freeDiskBytes(paths.instancesDir)]);
+  return assessHost(facts, { imagesDir: paths.imagesDir, instancesDir: paths.instancesDir, imagesFree, instancesFree });
+}
+
+export interface DiskFacts {
+  imagesDir: string;
+  instancesDir: string;
+  imagesFree: number;
+  instancesFree: number;
+}
+
+/** Pure: turns probed facts into the report. */
+export function assessHost(facts: HostFacts, disk: DiskFacts): DoctorReport {
+  const lines: DoctorLine[] = [];
+  const problems: string[] = [];
+  const need = (info: ToolInfo, pkg: string, purpose: string) => {
+    if (info.path) {
+      lines.push({ status: 'ok', text: `${info.name} ${info.version ?? '(version unknown)'} at ${info.path} (${purpose})` });
+    } else {
+      const fix = `${info.name} not found (needed ${purpose}); install it with: apt-get install ${pkg}`;
+      lines.push({ status: 'missing', text: fix });
+      problems.push(fix);
+    }
+  };
+  need(facts.qemu, DEBIAN_PACKAGES.qemu, 'to run guests');
+  need(facts.qemuImg, DEBIAN_PACKAGES.qemuImg, 'for guest disks');
+  need(facts.isoTool, DEBIAN_PACKAGES.isoTool, 'for cloud-init seed ISOs');
+  need(facts.mmdebstrap, DEBIAN_PACKAGES.mmdebstrap, 'to build images from Debian packages');
+  need(facts.mkfsExt4, DEBIAN_PACKAGES.mkfsExt4, 'to build images');
+  if (facts.setpriv.path) {
+    lines.push({ status: 'ok', text: `setpriv ${facts.setpriv.version ?? ''} at ${facts.setpriv.path} (QEMU dies with the process that started it)` });
+  } else {
+    lines.push({ status: 'warn', text: `setpriv not found: QEMU will not die with a killed test runner; install it with: apt-get install ${DEBIAN_PACKAGES.setpriv}` });
+  }
+  if (facts.isRoot) lines.push({ status: 'ok', text: 'running as root: images can be built here' });
+  else lines.push({ status: 'warn', text: 'not root: building an image needs root once (sudo npx guestlab image build NAME); running guests does not' });
+
+  const accel = facts.kvm.usable ? 'kvm' : 'tcg';
+  lines.push({
+    status: facts.kvm.usable ? 'ok' : 'info',
+    text: facts.kvm.usable ? `accelerator: KVM (${facts.kvm.reason})` : `accelerator: TCG; KVM is not used because ${facts.kvm.reason}`,
+  });
+  lines.push({ status: 'ok', text: `cores: ${facts.cores}` });
+  if (facts.memAvailableMiB < MIN_MEMORY_MIB) {
+    const fix = `only ${facts.memAvailableMiB} MiB of memory available; a guest needs at least ${MIN_MEMORY_MIB} MiB with QEMU's overhead: free memory or use a larger host`;
+    lines.push({ status: 'missing', text: fix });
+    problems.push(fix);
+  } else {
+    lines.push({ status: 'ok', text: `memory available: ${facts.memAvailableMiB} MiB` });
+  }
+  const places: { dir: string; free: number; what: 'images' | 'instances' }[] = [
+    { dir: disk.imagesDir, free: disk.imagesFree, what: 'images' },
+    { dir: disk.instancesDir, free: disk.instancesFree, what: 'instances' },
+  ];
+  for (const { dir, free, what } of places) {
+    const text = `disk free for ${what}: ${(free / GiB).toFixed(1)} GiB at ${dir}`;
+    if (free < MIN_DISK_BYTES) {
+      const fix = `${text}, below ${MIN_DISK_BYTES / GiB} GiB: free space there or point ${what === 'images' ? 'GUESTLAB_CACHE_DIR' : 'GUESTLAB_INSTANCES_DIR'} elsewhere`;
+      lines.push({ status: 'missing', text: fix });
+      problems.push(fix);
+    } else {
+      lines.push({ status: 'ok', text });
+    }
+  }
+  return { lines, problems, facts, accel };
+}
+
+export function formatDoctor(report: DoctorReport): string {
+  const mark = { ok: ' ok ', info: 'info', warn: 'warn', missing: 'FAIL' } as const;
+  const out = report.lines.map((line) => `[${mark[line.status]}] ${line.text}`);
+  out.push(report.problems.length ? `\n${report.problems.length} requirement(s) missing:\n${report.problems.map((p) => `  - ${p}`).join('\n')}` : '\nAll requirements met.');
+  return out.join('\n');
+}

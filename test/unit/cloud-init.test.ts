@@ -1,0 +1,91 @@
+import { describe, expect, test } from 'vitest';
+import { parse } from 'yaml';
+import { mergeCloudConfig, renderMetaData, renderUserData, type SeedInput } from '../../src/cloud-init/user-data.ts';
+import { generateEd25519 } from '../../src/ssh/keys.ts';
+
+const hostKey = generateEd25519('root@web');
+const clientKey = generateEd25519('guestlab@web');
+const input: SeedInput = {
+  instanceId: 'web-0001',
+  hostname: 'web',
+  user: 'tester',
+  authorizedKey: clientKey.publicKey,
+  hostKey,
+};
+
+function rendered(extra?: Record<string, unknown>) {
+  const text = renderUserData({ ...input, cloudConfig: extra });
+  return { text, config: parse(text) as Record<string, any> };
+}
+
+describe('renderUserData', () => {
+  test('is a #cloud-config document', () => {
+    expect(rendered().text.startsWith('#cloud-config\n')).toBe(true);
+  });
+
+  test('creates the user with passwordless sudo and the per-guest client key', () => {
+    const { config } = rendered();
+    expect(config.users).toEqual([
+      expect.objectContaining({ name: 'tester', sudo: 'ALL=(ALL) NOPASSWD:ALL', lock_passwd: true, ssh_authorized_keys: [clientKey.publicKey] }),
+    ]);
+    expect(config.ssh_pwauth).toBe(false);
+  });
+
+  test('injects the per-guest host key, deletes baked-in keys and generates none of its own', () => {
+    const { config } = rendered();
+    expect(config.ssh_deletekeys).toBe(true);
+    expect(config.ssh_keys.ed25519_private).toBe(hostKey.privateKey);
+    expect(config.ssh_keys.ed25519_public).toBe(hostKey.publicKey);
+    expect(config.ssh_genkeytypes).toEqual(['ed25519']);
+  });
+
+  test('makes the hostname resolvable', () => {
+    const { config } = rendered();
+    expect(config.hostname).toBe('web');
+    expect(config.manage_etc_hosts).toBe(true);
+  });
+
+  test('merges a cloudConfig: lists append, mappings merge, scalars replace', () => {
+    const { config } = rendered({
+      packages: ['nginx'],
+      write_files: [{ path: '/etc/motd', content: 'hi\n', permissions: '0640' }],
+      users: [{ name: 'extra' }],
+      locale: 'en_US.UTF-8',
+      runcmd: [['touch', '/tmp/x']],
+    });
+    expect(config.packages).toEqual(['nginx']);
+    expect(config.write_files).toEqual([{ path: '/etc/motd', content: 'hi\n', permissions: '0640' }]);
+    expect(config.users.map((u: { name: string }) => u.name)).toEqual(['tester', 'extra']);
+    expect(config.locale).toBe('en_US.UTF-8');
+    expect(config.runcmd).toEqual([['touch', '/tmp/x']]);
+  });
+
+  test('refuses keys that would break the host-key pin, naming the key and the fix', () => {
+    expect(() => rendered({ ssh_keys: {} })).toThrow(/`cloudConfig.ssh_keys` cannot be set.*guest\.ssh\.hostKey/);
+    expect(() => rendered({ ssh_deletekeys: false })).toThrow(/ssh_deletekeys/);
+  });
+
+  test('refuses a cloudConfig that is not a plain object', () => {
+    expect(() => renderUserData({ ...input, cloudConfig: ['x'] as unknown as Record<string, unknown> })).toThrow(/plain object/);
+  });
+
+  test('long key lines are not folded', () => {
+    const { text } = rendered();
+    expect(text).toContain(clientKey.publicKey);
+  });
+});
+
+describe('mergeCloudConfig', () => {
+  test('merges nested mappings without touching the inputs', () => {
+    const a = { apt: { preserve_sources_list: true } };
+    const b = { apt: { sources: { x: { source: 'deb ...' } } } };
+    expect(mergeCloudConfig(a, b)).toEqual({ apt: { preserve_sources_list: true, sources: { x: { source: 'deb ...' } } } });
+    expect(a).toEqual({ apt: { preserve_sources_list: true } });
+  });
+});
+
+describe('renderMetaData', () => {
+  test('carries the instance id and hostname', () => {
+    expect(parse(renderMetaData(input))).toEqual({ 'instance-id': 'web-0001', 'local-hostname': 'web' });
+  });
+});

@@ -1,0 +1,94 @@
+import { describe, expect, test } from 'vitest';
+import { buildQemuArgv, parseUsernetForward, type QemuConfig } from '../../src/qemu/argv.ts';
+
+const base: QemuConfig = {
+  name: 'web-1',
+  tag: '00000000-0000-4000-8000-000000000001',
+  accel: 'tcg',
+  cpus: 2,
+  memoryMiB: 1024,
+  disk: '/inst/disk.qcow2',
+  seed: '/inst/cidata.iso',
+  kernel: { kernel: '/img/vmlinuz', initrd: '/img/initrd.img', cmdline: 'root=LABEL=root ro console=ttyS0' },
+  qmpSocket: '/inst/qmp.sock',
+  serialLog: '/inst/serial.log',
+  sshHostPort: 0,
+};
+
+function option(argv: string[], flag: string): string[] {
+  return argv.flatMap((arg, i) => (arg === flag ? [argv[i + 1]!] : []));
+}
+
+describe('buildQemuArgv', () => {
+  test('TCG: multi-threaded TCG and an emulated CPU, no KVM', () => {
+    const argv = buildQemuArgv(base);
+    expect(option(argv, '-accel')).toEqual(['tcg,thread=multi']);
+    expect(option(argv, '-cpu')).toEqual(['max']);
+    expect(argv.join(' ')).not.toMatch(/kvm/);
+  });
+
+  test('KVM: the host CPU', () => {
+    const argv = buildQemuArgv({ ...base, accel: 'kvm' });
+    expect(option(argv, '-accel')).toEqual(['kvm']);
+    expect(option(argv, '-cpu')).toEqual(['host']);
+  });
+
+  test('no default devices, no display, sizes from the config', () => {
+    const argv = buildQemuArgv(base);
+    expect(argv).toContain('-nodefaults');
+    expect(option(argv, '-display')).toEqual(['none']);
+    expect(option(argv, '-smp')).toEqual(['2']);
+    expect(option(argv, '-m')).toEqual(['1024M']);
+  });
+
+  test('virtio disk, seed, net and rng; seed read-only; overlay as qcow2', () => {
+    const argv = buildQemuArgv(base);
+    const devices = option(argv, '-device');
+    expect(devices).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0', 'virtio-blk-pci,drive=seed0', 'virtio-net-pci,netdev=net0', 'virtio-rng-pci,rng=rng0']));
+    const drives = option(argv, '-drive');
+    expect(drives[0]).toMatch(/^if=none,id=disk0,file=\/inst\/disk\.qcow2,format=qcow2/);
+    expect(drives[1]).toMatch(/file=\/inst\/cidata\.iso,format=raw,readonly=on/);
+  });
+
+  test('SSH is forwarded from 127.0.0.1 only', () => {
+    const [netdev] = option(buildQemuArgv({ ...base, sshHostPort: 2222 }), '-netdev');
+    expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22');
+  });
+
+  test('QMP on a unix socket, serial console to a file, direct kernel boot', () => {
+    const argv = buildQemuArgv(base);
+    expect(option(argv, '-chardev')).toEqual([
+      'socket,id=qmp0,path=/inst/qmp.sock,server=on,wait=off',
+      'file,id=serial0,path=/inst/serial.log',
+    ]);
+    expect(option(argv, '-mon')).toEqual(['chardev=qmp0,mode=control']);
+    expect(option(argv, '-kernel')).toEqual(['/img/vmlinuz']);
+    expect(option(argv, '-append')).toEqual(['root=LABEL=root ro console=ttyS0']);
+  });
+
+  test('commas in paths are escaped so they cannot inject QEMU sub-options', () => {
+    const argv = buildQemuArgv({ ...base, disk: '/a,format=raw/disk.qcow2' });
+    expect(option(argv, '-drive')[0]).toContain('file=/a,,format=raw/disk.qcow2,format=qcow2');
+  });
+
+  test('refuses newlines in values', () => {
+    expect(() => buildQemuArgv({ ...base, name: 'a\nb' })).toThrow(/newline/);
+  });
+
+  test('firmware boot when no kernel is given', () => {
+    expect(buildQemuArgv({ ...base, kernel: undefined })).not.toContain('-kernel');
+  });
+});
+
+describe('parseUsernetForward', () => {
+  // Captured from QEMU 7.2 `info usernet` with hostfwd=tcp:127.0.0.1:0-:22.
+  const info = 'Hub -1 (n):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]   3       127.0.0.1 33841       10.0.2.15    22     0     0\r\n';
+
+  test('finds the host port the kernel chose', () => {
+    expect(parseUsernetForward(info, 22)).toBe(33841);
+  });
+
+  test('undefined for a guest port that is not forwarded', () => {
+    expect(parseUsernetForward(info, 80)).toBeUndefined();
+  });
+});
