@@ -36,7 +36,6 @@ export function baseCloudConfig(input: SeedInput): Record<string, unknown> {
       },
     ],
     disable_root: true,
-    ssh_pwauth: false,
     ssh_deletekeys: true,
     // Only the key type injected below, so nothing is generated: the served key is the pinned one.
     ssh_genkeytypes: ['ed25519'],

@@ -8,7 +8,7 @@ import type { QemuProcess } from '../qemu/process.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import type { SshSession } from '../ssh/session.ts';
 import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
-import { describeValue } from '../util/validate.ts';
+import { describeValue, expectPositiveInteger } from '../util/validate.ts';
 import type { InstanceDir } from './instance.ts';
 import { unregisterLive } from './registry.ts';
 
@@ -72,6 +72,10 @@ export interface GuestParts {
 }
 
 const QUIT_GRACE_MS = 5_000;
+/** timeout(1) in the guest sends KILL this long after TERM. */
+const GUEST_KILL_AFTER_S = 2;
+/** The host gives up on a timed-out command this long after the guest should have killed it. */
+const HOST_BACKSTOP_MS = GUEST_KILL_AFTER_S * 1000 + 5_000;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 export class StartedGuest implements AsyncDisposable {
@@ -157,6 +161,12 @@ export class StartedGuest implements AsyncDisposable {
   #commandLine(argv: string[], options: ExecOptions): string {
     const prefix: string[] = [];
     if (options.sudo) prefix.push('sudo', '-n', '--');
+    if (options.timeoutMs !== undefined) {
+      // timeout(1) inside the guest kills the command's whole process group (TERM, then KILL 2 s
+      // later), whoever it runs as; the host only abandons the channel as a backstop.
+      const seconds = expectPositiveInteger('timeoutMs', options.timeoutMs) / 1000;
+      prefix.push('timeout', '-k', String(GUEST_KILL_AFTER_S), String(seconds));
+    }
     if (options.env) {
       const pairs = Object.entries(options.env).map(([key, value]) => {
         if (!ENV_NAME.test(key)) throw new TypeError(`Invalid environment variable name in \`env\`: ${describeValue(key)}`);
@@ -171,14 +181,23 @@ export class StartedGuest implements AsyncDisposable {
   async #run(command: string, options: ExecOptions): Promise<ExecResult> {
     if (this.#stopping) throw new GuestStoppedError(this.name);
     const started = performance.now();
-    const raw = await this.#parts.session.exec(command, options);
+    const { timeoutMs } = options;
+    const raw = await this.#parts.session.exec(command, {
+      stdin: options.stdin,
+      signal: options.signal,
+      timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
+    });
+    const durationMs = performance.now() - started;
+    // timeout(1) exits 124 (or 137 when TERM was ignored); the duration tells it from a command
+    // that merely exits with the same code.
+    const killedInGuest = timeoutMs !== undefined && (raw.exitCode === 124 || raw.exitCode === 137) && durationMs >= timeoutMs * 0.9;
     return {
       stdout: raw.stdout.toString('utf8'),
       stderr: raw.stderr.toString('utf8'),
       exitCode: raw.exitCode,
       signal: raw.signal,
-      timedOut: raw.timedOut,
-      durationMs: performance.now() - started,
+      timedOut: raw.timedOut || killedInGuest,
+      durationMs,
     };
   }
 

@@ -133,27 +133,30 @@ export class SshSession {
         const stderr: Buffer[] = [];
         let exitCode: number | undefined;
         let exitSignal: string | undefined;
-        let timedOut = false;
-        let aborted = false;
-        const stopChannel = () => {
-          // Ask the guest to kill the command (OpenSSH >= 7.9 honours it), then drop the channel.
-          try {
-            channel.signal('KILL');
-          } catch {
-            // channel already gone
-          }
+        let settled = false;
+        const settle = (outcome: { timedOut: boolean } | { error: Error }) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onAbort);
+          if ('error' in outcome) return reject(outcome.error);
+          resolve({
+            stdout: Buffer.concat(stdout),
+            stderr: Buffer.concat(stderr),
+            exitCode: exitCode ?? (exitSignal ? 128 + (SIGNAL_NUMBERS[exitSignal] ?? 0) : 255),
+            signal: exitSignal,
+            timedOut: outcome.timedOut,
+          });
+        };
+        // Settle at once and drop the channel. sshd may keep the command running (it only signals
+        // commands of its own user, and only while stdin is open); callers that need the command
+        // killed inside the guest wrap it with timeout(1), see StartedGuest.exec.
+        const abandon = (outcome: { timedOut: boolean } | { error: Error }) => {
+          settle(outcome);
           channel.close();
         };
-        const timer = options.timeoutMs
-          ? setTimeout(() => {
-              timedOut = true;
-              stopChannel();
-            }, options.timeoutMs)
-          : undefined;
-        const onAbort = () => {
-          aborted = true;
-          stopChannel();
-        };
+        const timer = options.timeoutMs ? setTimeout(() => abandon({ timedOut: true }), options.timeoutMs) : undefined;
+        const onAbort = () => abandon({ error: new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }) });
         options.signal?.addEventListener('abort', onAbort, { once: true });
         channel.on('data', (chunk: Buffer) => stdout.push(chunk));
         channel.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
@@ -162,20 +165,12 @@ export class SshSession {
           else if (signalName) exitSignal = signalName;
         });
         channel.on('close', () => {
-          clearTimeout(timer);
-          options.signal?.removeEventListener('abort', onAbort);
-          if (aborted) return reject(new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }));
-          if (exitCode === undefined && exitSignal === undefined && !timedOut) {
-            const lost = this.lost;
-            if (lost) return reject(new SshError(`The command ended without an exit status: ${lost}: ${command}`));
+          const lost = this.lost;
+          if (exitCode === undefined && exitSignal === undefined && lost) {
+            settle({ error: new SshError(`The command ended without an exit status: ${lost}: ${command}`) });
+          } else {
+            settle({ timedOut: false });
           }
-          resolve({
-            stdout: Buffer.concat(stdout),
-            stderr: Buffer.concat(stderr),
-            exitCode: exitCode ?? (exitSignal ? 128 + (SIGNAL_NUMBERS[exitSignal] ?? 0) : 255),
-            signal: exitSignal,
-            timedOut,
-          });
         });
         if (options.stdin !== undefined) channel.end(options.stdin);
         else channel.end();

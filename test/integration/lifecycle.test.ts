@@ -1,0 +1,96 @@
+// Start, stop, failure paths: nothing may outlive a guest, whichever way it ends.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { BootTimeoutError, CloudInitError, GuestStoppedError, startGuest } from 'guestlab';
+import { dir } from 'tmp-promise';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+
+/** Pids of processes whose command line mentions `needle`. */
+async function processesMentioning(needle: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes(needle) && Number(entry) !== process.pid) pids.push(Number(entry));
+  }
+  return pids;
+}
+
+async function alive(pid: number): Promise<boolean> {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('guest lifecycle', () => {
+  // Each test gets its own instances directory, so "nothing left behind" can be checked exactly.
+  let instancesDir: string;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => {
+    ({ path: instancesDir, cleanup } = await dir({ unsafeCleanup: true, prefix: 'gl-inst-' }));
+    process.env.GUESTLAB_INSTANCES_DIR = instancesDir;
+  });
+  afterEach(async () => {
+    delete process.env.GUESTLAB_INSTANCES_DIR;
+    await cleanup();
+  });
+
+  test('stop() ends QEMU and removes the instance directory; it is idempotent', async () => {
+    const guest = await startGuest({ image: 'debian-12', cpus: 1, memoryMiB: 768 });
+    const { pid, instanceDir } = guest;
+    expect(await alive(pid)).toBe(true);
+    expect((await fs.stat(instanceDir)).mode & 0o777).toBe(0o700);
+    expect((await fs.stat(guest.ssh.privateKeyPath)).mode & 0o777).toBe(0o600);
+    expect(path.dirname(instanceDir)).toBe(instancesDir);
+    expect(guest.timings.cloudInitDoneMs).toBeGreaterThanOrEqual(guest.timings.sshReadyMs);
+
+    await guest.stop();
+    expect(await alive(pid)).toBe(false);
+    await expect(fs.stat(instanceDir)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await processesMentioning(instanceDir)).toEqual([]);
+    await expect(guest.stop()).resolves.toBeUndefined();
+    await expect(guest.exec(['true'])).rejects.toBeInstanceOf(GuestStoppedError);
+  });
+
+  test('a boot that misses its deadline is stopped, and the error carries the serial console', async () => {
+    const error = await startGuest({ image: 'debian-12', bootTimeoutMs: 4000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BootTimeoutError);
+    expect((error as Error).message).toMatch(/did not answer SSH within 4000 ms/);
+    expect((error as Error).message).toMatch(/serial console, last 50 lines ---\n[\s\S]*Linux version|serial console, last 50 lines ---\n[\s\S]*\S/);
+    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(await processesMentioning(instancesDir)).toEqual([]);
+  });
+
+  test('a cloud-init failure is reported with its detail, and the guest is stopped', async () => {
+    const error = await startGuest({
+      image: 'debian-12',
+      cloudConfig: { runcmd: [['sh', '-c', 'echo guestlab-runcmd-failed >&2; exit 3']] },
+    }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CloudInitError);
+    expect((error as Error).message).toMatch(/cloud-init finished with status "error"/);
+    expect((error as Error).message).toContain('guestlab-runcmd-failed');
+    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(await processesMentioning(instancesDir)).toEqual([]);
+  });
+
+  test('await using stops the guest at the end of the block', async () => {
+    let pid = 0;
+    {
+      await using guest = await startGuest({ image: 'debian-12' });
+      pid = guest.pid;
+      expect(await guest.succeed(['echo', 'inside'])).toBe('inside\n');
+    }
+    expect(await alive(pid)).toBe(false);
+    expect(await fs.readdir(instancesDir)).toEqual([]);
+  });
+
+  test('bad input fails before anything starts', async () => {
+    await expect(startGuest({ image: 'no-such-image' })).rejects.toThrow(/Unknown image "no-such-image". Known images: .*debian-12/);
+    await expect(startGuest({ image: 'debian-12', memoryMiB: -1 })).rejects.toThrow('Expected `memoryMiB` to be a positive integer, got -1 (number)');
+    await expect(startGuest({ image: 'debian-12', cloudConfig: { ssh_keys: {} } })).rejects.toThrow(/cloudConfig.ssh_keys/);
+    expect(await fs.readdir(instancesDir)).toEqual([]);
+  });
+});
