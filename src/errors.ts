@@ -16,6 +16,8 @@ export type GuestlabErrorCode =
   | 'ERR_GUEST_COMMAND'
   | 'ERR_GUEST_STOPPED'
   | 'ERR_LOCK_TIMEOUT'
+  | 'ERR_BUDGET'
+  | 'ERR_DISK_FULL'
   | 'ERR_ABORTED';
 
 export class GuestlabError extends Error {

@@ -7,6 +7,9 @@ import { formatDoctor, runDoctor } from '../host/doctor.ts';
 import { ensureImage, imageDirName, IMAGE_FILES } from '../images/builder.ts';
 import { listRecipes } from '../images/catalog.ts';
 import { loadRecipe } from '../images/recipe.ts';
+import { budgetDir, budgetState } from '../budget/leases.ts';
+import { detectLimits } from '../budget/limits.ts';
+import { sweep } from '../reaper/sweep.ts';
 import { exists } from '../util/fs.ts';
 
 const USAGE = `Usage: guestlab <command>
@@ -15,11 +18,12 @@ Commands:
   doctor [--json]             check this host: QEMU, KVM or TCG, tools, cores, memory, disk
   image ls                    list the images guestlab knows and whether they are built
   image build NAME [--force]  build an image from its recipe (images/NAME.yaml) into the cache
-  ps                          list the guests running on this host
+  ps                          list the guests running on this host, and the CPU/memory budget
+  gc                          remove what dead sessions left: QEMU processes, instance dirs, leases
   help                        this text
 
 Environment: GUESTLAB_CACHE_DIR (image cache), GUESTLAB_INSTANCES_DIR, GUESTLAB_IMAGES_PATH,
-GUESTLAB_FIXTURES_PATH, GUESTLAB_DEBUG=1 (verbose log).`;
+GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_DEBUG=1 (verbose log).`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -31,6 +35,8 @@ export async function main(argv: string[]): Promise<number> {
         return await image(rest);
       case 'ps':
         return await ps();
+      case 'gc':
+        return await gc();
       case undefined:
       case 'help':
       case '--help':
@@ -91,12 +97,39 @@ async function image(args: string[]): Promise<number> {
 async function ps(): Promise<number> {
   const { instancesDir } = guestlabPaths();
   const entries = await fs.readdir(instancesDir).catch(() => [] as string[]);
-  console.log(['NAME', 'IMAGE', 'ACCEL', 'CPUS', 'MEMORY', 'SSH', 'QEMU PID', 'OWNER PID', 'AGE'].join('\t'));
-  for (const entry of entries) {
+  const rows = [['NAME', 'IMAGE', 'ACCEL', 'CPUS', 'MEMORY', 'SSH', 'QEMU PID', 'OWNER PID', 'AGE']];
+  for (const entry of entries.sort()) {
     const info = await fs.readFile(path.join(instancesDir, entry, 'guest.json'), 'utf8').then((t) => JSON.parse(t) as Record<string, string | number>).catch(() => undefined);
     if (!info) continue;
     const age = Math.round((Date.now() - Date.parse(String(info.startedAt))) / 1000);
-    console.log([info.name, info.image, info.accel, info.cpus, `${info.memoryMiB}M`, `127.0.0.1:${info.sshPort}`, info.qemuPid, info.ownerPid, `${age}s`].join('\t'));
+    rows.push([info.name, info.image, info.accel, info.cpus, `${info.memoryMiB}M`, `127.0.0.1:${info.sshPort}`, info.qemuPid, info.ownerPid, `${age}s`].map(String));
   }
+  printTable(rows);
+  const [state, limits] = await Promise.all([budgetState(), detectLimits()]);
+  const used = state.leases.reduce((sum, l) => ({ cpus: sum.cpus + l.cpus, mem: sum.mem + l.memoryMiB }), { cpus: 0, mem: 0 });
+  console.log(
+    `\nbudget (${budgetDir()}): ${state.leases.length} lease(s) hold ${used.cpus} CPU and ${used.mem} MiB; ` +
+      `${state.queue.length} waiting; limits now ${limits.cpus} CPU (${limits.source.cpus}), ${limits.memoryMiB} MiB (${limits.source.memory})`,
+  );
   return 0;
+}
+
+async function gc(): Promise<number> {
+  const report = await sweep();
+  const removed = report.instanceDirs.length + report.killedPids.length + report.leases.length;
+  console.log(
+    removed === 0
+      ? 'Nothing to remove: no guest of a dead session is left.'
+      : [
+          ...report.killedPids.map((pid) => `killed orphaned QEMU process ${pid}`),
+          ...report.instanceDirs.map((dir) => `removed instance directory ${dir}`),
+          ...report.leases.map((l) => `released lease of ${l.guest} (${l.cpus} CPU, ${l.memoryMiB} MiB) held by dead process ${l.owner.pid}`),
+        ].join('\n'),
+  );
+  return 0;
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i]!)).join('  ').trimEnd());
 }

@@ -3,6 +3,8 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { GuestlabError } from '../errors.ts';
+import { currentIdentity } from '../reaper/identity.ts';
+import { OWNER_FILE, type OwnerRecord } from '../reaper/sweep.ts';
 import { makePrivateDir } from '../util/fs.ts';
 
 export const INSTANCE_FILES = {
@@ -13,6 +15,7 @@ export const INSTANCE_FILES = {
   clientKey: 'id_ed25519',
   knownHosts: 'known_hosts',
   info: 'guest.json',
+  owner: OWNER_FILE,
 } as const;
 
 /** sun_path is 108 bytes including the terminating NUL. */
@@ -36,5 +39,8 @@ export async function createInstanceDir(instancesDir: string, guestName: string)
   }
   await makePrivateDir(instancesDir);
   await fs.mkdir(dir, { mode: 0o700 });
+  // First, so that a sweep can tell whose directory this is whatever happens next.
+  const owner: OwnerRecord = { instanceId: id, owner: currentIdentity(), createdAt: new Date().toISOString() };
+  await fs.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner) + '\n', { mode: 0o600 });
   return { id, dir, file: (name) => path.join(dir, INSTANCE_FILES[name]) };
 }

@@ -1,22 +1,27 @@
 // Guests started by this process, so that an exiting process takes them down with it even when
-// no test got to call stop() (uncaught error, process.exit). QEMU also carries a parent-death
-// signal; this is the in-process half, which also removes the instance directories.
+// no test got to call stop() (uncaught error, process.exit, SIGTERM from a pool). QEMU also
+// carries a parent-death signal; this is the in-process half: it also removes the instance
+// directories and releases the budget leases.
 import { rmSync } from 'node:fs';
+import { releaseLeaseSync } from '../budget/leases.ts';
 
 interface LiveGuest {
   /** QEMU's pid, once it runs. */
   pid?: number | undefined;
   dir: string;
+  leaseId?: string | undefined;
 }
 
 const live = new Map<string, LiveGuest>();
 let hooked = false;
+const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGHUP'] as const;
 
 export function registerLive(id: string, guest: LiveGuest): void {
-  live.set(id, guest);
+  live.set(id, { ...live.get(id), ...guest });
   if (!hooked) {
     hooked = true;
     process.once('exit', reapAllSync);
+    for (const signal of SIGNALS) process.once(signal, onSignal);
   }
 }
 
@@ -28,6 +33,12 @@ export function liveGuestCount(): number {
   return live.size;
 }
 
+function onSignal(signal: NodeJS.Signals): void {
+  reapAllSync();
+  // If nobody else handles the signal, die of it as the process would have without us.
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+}
+
 function reapAllSync(): void {
   for (const guest of live.values()) {
     try {
@@ -37,6 +48,7 @@ function reapAllSync(): void {
     }
     try {
       rmSync(guest.dir, { recursive: true, force: true });
+      if (guest.leaseId) releaseLeaseSync(guest.leaseId);
     } catch {
       // best effort at exit
     }

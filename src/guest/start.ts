@@ -1,13 +1,13 @@
 // startGuest(): the whole flow of one guest, image -> disk -> seed -> qemu -> ready.
 // Every resource is registered for teardown before the step that could leak it.
-import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { acquireLease } from '../budget/leases.ts';
 import { AbortedError, BootTimeoutError, CloudInitError, GuestlabError, HostRequirementError, QemuError, SshError, tailLines } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { writeSeedIso } from '../cloud-init/seed.ts';
 import { createOverlay } from '../disk/overlay.ts';
-import { probeHost } from '../host/probe.ts';
+import { freeDiskBytes, probeHost } from '../host/probe.ts';
 import { ensureImage } from '../images/builder.ts';
 import { log as rootLog } from '../log.ts';
 import { buildQemuArgv, parseUsernetForward, type Accel } from '../qemu/argv.ts';
@@ -16,17 +16,21 @@ import { QmpClient } from '../qemu/qmp.ts';
 import { waitForSshBanner } from '../ssh/banner.ts';
 import { generateEd25519 } from '../ssh/keys.ts';
 import { SshSession } from '../ssh/session.ts';
+import { currentIdentity } from '../reaper/identity.ts';
+import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
+import { expectPositiveInteger } from '../util/validate.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
 import { registerLive } from './registry.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec } from './spec.ts';
-import { shutdownParts, StartedGuest, type BootTimings } from './started-guest.ts';
+import { DiskFullError, shutdownParts, StartedGuest, type BootTimings, type GuestParts, type TeardownParts } from './started-guest.ts';
 
 export interface StartOptions {
   signal?: AbortSignal;
 }
 
 const SERIAL_TAIL_LINES = 50;
+const DEFAULT_MIN_FREE_DISK_MIB = 2048;
 
 /** Boot a guest and return it once SSH works and cloud-init is done. A string names fixtures/NAME.yaml. */
 export async function startGuest(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<StartedGuest> {
@@ -42,14 +46,19 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
   const host = await probeHost();
   const accel = chooseAccel(spec.accel, host.kvm);
   const bootTimeoutMs = spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[accel];
+  const { instancesDir } = guestlabPaths();
+  await sweepOnce(log);
+  await preflightDisk(instancesDir);
   const image = await ensureImage(spec.image, { log, signal });
   const imageReadyMs = since();
   checkAbort('image ready');
 
-  const instance = await createInstanceDir(guestlabPaths().instancesDir, spec.name);
-  registerLive(instance.id, { dir: instance.dir });
-  const parts: Parameters<typeof shutdownParts>[0] = { instance, log };
+  const lease = await acquireLease({ guest: spec.name, cpus: spec.cpus, memoryMiB: spec.memoryMiB, log, signal });
+  const parts: TeardownParts = { lease, log };
   try {
+    const instance = await createInstanceDir(instancesDir, spec.name);
+    parts.instance = instance;
+    registerLive(instance.id, { dir: instance.dir, leaseId: lease.id });
     log.debug(`booting ${spec.image} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB) in ${instance.dir}`);
     const clientKey = generateEd25519(`guestlab@${instance.id}`);
     const hostKey = generateEd25519(`root@${spec.name}`);
@@ -67,7 +76,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
 
     const argv = buildQemuArgv({
       name: spec.name,
-      tag: randomUUID(),
+      tag: qemuTag(instance.id, currentIdentity()),
       accel,
       cpus: spec.cpus,
       memoryMiB: spec.memoryMiB,
@@ -85,6 +94,14 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     registerLive(instance.id, { dir: instance.dir, pid: qemu.pid });
     const qmp = await connectQmp(instance, qemu, deadline);
     parts.qmp = qmp;
+    qmp.on('event', (event) => {
+      // A full host disk pauses the guest; say so instead of leaving it hanging.
+      if (event.event === 'BLOCK_IO_ERROR' && event.data?.nospace === true && !parts.diskFull) {
+        parts.diskFull = new DiskFullError(spec.name, instance.dir);
+        log.warn(parts.diskFull.message);
+        parts.session?.close();
+      }
+    });
     const port = parseUsernetForward(await qmp.hmp('info usernet'), 22);
     if (!port) throw new QemuError(`QEMU did not report the SSH forward (info usernet); QEMU output:\n${qemu.outputTail()}`);
     const qemuStartedMs = since();
@@ -104,7 +121,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       if (qemu.hasExited) return new QemuError(`${text}\n--- QEMU output ---\n${qemu.outputTail()}`, { cause });
       return problem.startsWith('did not') ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
     };
-    const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : undefined);
+    const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : parts.diskFull ? 'the host disk is full' : undefined);
 
     // Banner, then authentication. Retried until the deadline: sshd may be up before cloud-init
     // has created the user. A host key mismatch is final.
@@ -117,6 +134,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       if (!banner) throw await bootFailure('ssh-banner', `did not answer SSH within ${bootTimeoutMs} ms`, lastAuthError);
       if ('stopped' in banner) {
         checkAbort('waiting for SSH');
+        if (parts.diskFull) throw parts.diskFull;
         throw await bootFailure('ssh-banner', `stopped before SSH answered: QEMU ${qemu.hasExited ? describeExit(await qemu.exited) : 'stopped'}`);
       }
       sshBannerMs ||= since();
@@ -134,7 +152,9 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     const sshReadyMs = since();
     log.debug(`SSH ready after ${(sshReadyMs / 1000).toFixed(1)}s`);
 
-    const status = await session.exec('cloud-init status --wait --long', { timeoutMs: Math.max(1000, deadline - Date.now()), signal });
+    const status = await session.exec('cloud-init status --wait --long', { timeoutMs: Math.max(1000, deadline - Date.now()), signal }).catch((error: unknown) => {
+      throw parts.diskFull ?? error;
+    });
     checkAbort('waiting for cloud-init');
     const statusText = status.stdout.toString('utf8');
     if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`);
@@ -147,15 +167,14 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     const timings: BootTimings = { imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since() };
     log.debug(`ready: ${JSON.stringify(timings)}`);
     return new StartedGuest({
+      // The same object the QMP event handler updates, now with every part set.
+      parts: parts as GuestParts["parts"],
       name: spec.name,
       image: spec.image,
       accel,
       cpus: spec.cpus,
       memoryMiB: spec.memoryMiB,
       instance,
-      qemu,
-      qmp,
-      session,
       ssh: {
         host: endpoint.host,
         port,
@@ -165,12 +184,25 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
         knownHostsPath: instance.file('knownHosts'),
       },
       timings,
-      log,
+      leaseWaitMs: lease.waitedMs,
     });
   } catch (error) {
     await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
     if (error instanceof SshError || error instanceof GuestlabError) throw error;
     throw new GuestlabError(`Starting guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** Refuse to boot when the disk that holds overlays is nearly full: a full disk pauses guests. */
+async function preflightDisk(instancesDir: string): Promise<void> {
+  const raw = process.env.GUESTLAB_MIN_FREE_DISK_MIB;
+  const minMiB = raw ? expectPositiveInteger('GUESTLAB_MIN_FREE_DISK_MIB', Number(raw)) : DEFAULT_MIN_FREE_DISK_MIB;
+  const freeMiB = Math.floor((await freeDiskBytes(instancesDir)) / 1048576);
+  if (freeMiB < minMiB) {
+    throw new HostRequirementError(
+      `Only ${freeMiB} MiB free at ${instancesDir}, below the ${minMiB} MiB a guest's overlay may need. ` +
+        'Free disk space there, point GUESTLAB_INSTANCES_DIR at a larger disk, or lower GUESTLAB_MIN_FREE_DISK_MIB.',
+    );
   }
 }
 

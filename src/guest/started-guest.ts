@@ -1,7 +1,8 @@
 // A running, reachable guest: commands over SSH, the console log, and an idempotent stop().
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GuestCommandError, GuestStoppedError } from '../errors.ts';
+import type { Lease } from '../budget/leases.ts';
+import { GuestCommandError, GuestlabError, GuestStoppedError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { Accel } from '../qemu/argv.ts';
 import type { QemuProcess } from '../qemu/process.ts';
@@ -56,19 +57,41 @@ export interface BootTimings {
   cloudInitDoneMs: number;
 }
 
+/** What a guest holds; filled in as startGuest() goes, torn down by shutdownParts(). */
+export interface TeardownParts {
+  log: Logger;
+  lease?: Lease | undefined;
+  instance?: InstanceDir | undefined;
+  qemu?: QemuProcess | undefined;
+  qmp?: QmpClient | undefined;
+  session?: SshSession | undefined;
+  /** Set when the host disk filled up under the guest (QMP BLOCK_IO_ERROR, nospace). */
+  diskFull?: DiskFullError | undefined;
+}
+
 export interface GuestParts {
+  parts: Required<Pick<TeardownParts, 'instance' | 'qemu' | 'qmp' | 'session'>> & TeardownParts;
   name: string;
   image: string;
   accel: Accel;
   cpus: number;
   memoryMiB: number;
   instance: InstanceDir;
-  qemu: QemuProcess;
-  qmp: QmpClient;
-  session: SshSession;
   ssh: SshInfo;
   timings: BootTimings;
-  log: Logger;
+  /** How long the guest waited for room in the host-wide CPU/memory budget. */
+  leaseWaitMs: number;
+}
+
+export class DiskFullError extends GuestlabError {
+  override name = 'DiskFullError';
+  constructor(guest: string, dir: string) {
+    super(
+      `The host disk holding guest ${guest}'s overlay (${dir}) is full; QEMU paused the guest. ` +
+        'Free space there or point GUESTLAB_INSTANCES_DIR at a larger disk; the guest cannot continue.',
+      { code: 'ERR_DISK_FULL' },
+    );
+  }
 }
 
 const QUIT_GRACE_MS = 5_000;
@@ -88,11 +111,13 @@ export class StartedGuest implements AsyncDisposable {
   readonly timings: BootTimings;
   readonly instanceId: string;
   readonly instanceDir: string;
-  #parts: GuestParts;
+  readonly leaseWaitMs: number;
+  #parts: GuestParts['parts'];
   #stopping: Promise<void> | undefined;
 
   constructor(parts: GuestParts) {
-    this.#parts = parts;
+    this.#parts = parts.parts;
+    this.leaseWaitMs = parts.leaseWaitMs;
     this.name = parts.name;
     this.image = parts.image;
     this.accel = parts.accel;
@@ -180,13 +205,18 @@ export class StartedGuest implements AsyncDisposable {
 
   async #run(command: string, options: ExecOptions): Promise<ExecResult> {
     if (this.#stopping) throw new GuestStoppedError(this.name);
+    if (this.#parts.diskFull) throw this.#parts.diskFull;
     const started = performance.now();
     const { timeoutMs } = options;
-    const raw = await this.#parts.session.exec(command, {
-      stdin: options.stdin,
-      signal: options.signal,
-      timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
-    });
+    const raw = await this.#parts.session
+      .exec(command, {
+        stdin: options.stdin,
+        signal: options.signal,
+        timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
+      })
+      .catch((error: unknown) => {
+        throw this.#parts.diskFull ?? error;
+      });
     const durationMs = performance.now() - started;
     // timeout(1) exits 124 (or 137 when TERM was ignored); the duration tells it from a command
     // that merely exits with the same code.
@@ -207,13 +237,7 @@ export class StartedGuest implements AsyncDisposable {
 }
 
 /** Tears down whatever parts exist; shared by stop() and by a failed start. */
-export async function shutdownParts(parts: {
-  instance: InstanceDir;
-  qemu?: QemuProcess | undefined;
-  qmp?: QmpClient | undefined;
-  session?: SshSession | undefined;
-  log: Logger;
-}): Promise<void> {
+export async function shutdownParts(parts: TeardownParts): Promise<void> {
   const started = Date.now();
   parts.session?.close();
   const { qemu, qmp } = parts;
@@ -229,7 +253,11 @@ export async function shutdownParts(parts: {
     }
   }
   qmp?.close();
-  await fs.rm(parts.instance.dir, { recursive: true, force: true });
-  unregisterLive(parts.instance.id);
+  if (parts.instance) {
+    await fs.rm(parts.instance.dir, { recursive: true, force: true });
+    unregisterLive(parts.instance.id);
+  }
+  // Last: the budget frees up only once QEMU is really gone.
+  await parts.lease?.release();
   parts.log.debug(`stopped in ${Date.now() - started} ms`);
 }

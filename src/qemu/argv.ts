@@ -5,7 +5,7 @@ export type Accel = 'kvm' | 'tcg';
 
 export interface QemuConfig {
   name: string;
-  /** Tags the process so that a sweep can tell guestlab's QEMUs from others. */
+  /** Tags the process (as an SMBIOS OEM string) so that a sweep can tell guestlab's QEMUs and their owners. */
   tag: string;
   accel: Accel;
   cpus: number;
@@ -31,15 +31,17 @@ function optValue(value: string): string {
 export function buildQemuArgv(config: QemuConfig): string[] {
   const argv = [
     '-name', `guest=${optValue(config.name)},debug-threads=on`,
-    '-uuid', config.tag,
+    '-smbios', `type=11,value=${optValue(config.tag)}`,
     '-nodefaults', '-no-user-config',
     '-display', 'none', '-vga', 'none',
     '-machine', 'q35',
-    ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi', '-cpu', 'max']),
+    ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', 'max']),
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,
     // Throwaway overlays: never wait for the host to flush them.
-    '-drive', `if=none,id=disk0,file=${optValue(config.disk)},format=qcow2,cache=unsafe,discard=unmap`,
+    // A full host disk pauses the guest (werror=enospc) and raises BLOCK_IO_ERROR, which guestlab
+    // turns into an error instead of a guest that hangs.
+    '-drive', `if=none,id=disk0,file=${optValue(config.disk)},format=qcow2,cache=unsafe,discard=unmap,werror=enospc,rerror=report`,
     '-device', 'virtio-blk-pci,drive=disk0',
     '-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`,
     '-device', 'virtio-blk-pci,drive=seed0',

@@ -11,7 +11,7 @@ export interface GuestFixtureOptions {
   scope?: GuestFixtureScope;
 }
 
-export type GuestFixtureFn = (context: object, use: (guest: StartedGuest) => Promise<void>) => Promise<void>;
+export type GuestFixtureFn = (context: { signal?: AbortSignal }, use: (guest: StartedGuest) => Promise<void>) => Promise<void>;
 
 /**
  * A fixture that boots a guest for `test.extend`:
@@ -21,16 +21,18 @@ export type GuestFixtureFn = (context: object, use: (guest: StartedGuest) => Pro
  */
 export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOptions = {}): [GuestFixtureFn, { scope: GuestFixtureScope }] {
   const scope = options.scope === undefined ? 'file' : expectOneOf('scope', options.scope, ['test', 'file', 'worker'] as const);
-  // Vitest reads the first parameter's destructuring pattern to learn a fixture's dependencies:
-  // this fixture has none, so it must stay an empty pattern.
-  const fixture: GuestFixtureFn = async ({}, use) => {
-    const guest = await startGuest(spec);
+  const run = async (signal: AbortSignal | undefined, use: (guest: StartedGuest) => Promise<void>) => {
+    const guest = await startGuest(spec, signal ? { signal } : {});
     try {
       await use(guest);
     } finally {
       await guest.stop();
     }
   };
+  // Vitest reads the first parameter's destructuring pattern to learn what a fixture uses. A
+  // test-scoped guest takes the test's `signal`, so a test that times out or is cancelled stops
+  // its boot at once; file and worker scopes have no such signal and use nothing.
+  const fixture: GuestFixtureFn = scope === 'test' ? async ({ signal }, use) => run(signal, use) : async ({}, use) => run(undefined, use);
   return [fixture, { scope }];
 }
 

@@ -2,22 +2,14 @@
 // fixture still stopped the guest: QEMU gone, instance directory gone.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
-import { dir } from 'tmp-promise';
 import { expect, test } from 'vitest';
+import { createSuite, GUEST_TEST_HEADER } from './helpers.ts';
 
 test('a file-scoped guest fixture is torn down when its test fails', async () => {
-  // Inside the repository, so that the suite resolves 'guestlab' like a user's project would.
-  const suiteDir = await fs.mkdtemp(path.resolve('.guestlab/e2e-'));
-  const { path: instancesDir, cleanup } = await dir({ unsafeCleanup: true, prefix: 'gl-e2e-' });
-  const pidFile = path.join(suiteDir, 'qemu.pid');
-  try {
-    await fs.writeFile(path.join(suiteDir, 'vitest.config.ts'), `export default { test: { include: ['*.test.ts'], testTimeout: 900000 } };\n`);
-    await fs.writeFile(path.join(suiteDir, 'failing.test.ts'), `
+  const suite = await createSuite({});
+  const pidFile = path.join(suite.dir, 'qemu.pid');
+  await fs.writeFile(path.join(suite.dir, 'failing.test.ts'), `${GUEST_TEST_HEADER}
 import { writeFileSync } from 'node:fs';
-import { expect, test as base } from 'vitest';
-import { guestFixture } from 'guestlab/vitest';
-
 const test = base.extend({ vm: guestFixture({ image: 'debian-12' }) });
 
 test('fails on purpose', async ({ vm }) => {
@@ -25,11 +17,8 @@ test('fails on purpose', async ({ vm }) => {
   expect(await vm.succeed(['echo', 'actual'])).toBe('expected\\n');
 });
 `);
-    const run = await execa('node_modules/.bin/vitest', ['run', '--root', suiteDir, '--config', path.join(suiteDir, 'vitest.config.ts')], {
-      reject: false,
-      all: true,
-      env: { GUESTLAB_INSTANCES_DIR: instancesDir, FORCE_COLOR: '0' },
-    });
+  try {
+    const run = await suite.run();
     expect(run.exitCode, run.all).toBe(1);
     expect(run.all).toContain('fails on purpose');
     expect(run.all).toMatch(/expected 'actual\\n' to be 'expected\\n'/);
@@ -37,9 +26,9 @@ test('fails on purpose', async ({ vm }) => {
     const pid = Number(await fs.readFile(pidFile, 'utf8'));
     expect(pid).toBeGreaterThan(0);
     expect(() => process.kill(pid, 0)).toThrow();
-    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(await fs.readdir(suite.instancesDir)).toEqual([]);
+    expect(await fs.readdir(path.join(suite.budgetDir, 'leases'))).toEqual([]);
   } finally {
-    await fs.rm(suiteDir, { recursive: true, force: true });
-    await cleanup();
+    await suite.cleanup();
   }
 });

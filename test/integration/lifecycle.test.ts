@@ -1,7 +1,8 @@
 // Start, stop, failure paths: nothing may outlive a guest, whichever way it ends.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { BootTimeoutError, CloudInitError, GuestStoppedError, startGuest } from 'guestlab';
+import { execFileSync } from 'node:child_process';
+import { BootTimeoutError, CloudInitError, GuestStoppedError, HostRequirementError, startGuest } from 'guestlab';
 import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 
@@ -85,6 +86,39 @@ describe('guest lifecycle', () => {
     }
     expect(await alive(pid)).toBe(false);
     expect(await fs.readdir(instancesDir)).toEqual([]);
+  });
+
+  test('a host disk below the free-space minimum is refused before boot', async () => {
+    process.env.GUESTLAB_MIN_FREE_DISK_MIB = String(1024 ** 3);
+    try {
+      const error = await startGuest({ image: 'debian-12' }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(HostRequirementError);
+      expect((error as Error).message).toMatch(/^Only \d+ MiB free at .*, below the 1073741824 MiB a guest's overlay may need\. Free disk space there/);
+    } finally {
+      delete process.env.GUESTLAB_MIN_FREE_DISK_MIB;
+    }
+    expect(await fs.readdir(instancesDir)).toEqual([]);
+  });
+
+  // A full host disk pauses QEMU (werror=enospc); guestlab must turn that into an error.
+  test.runIf(process.getuid?.() === 0)('a guest whose host disk fills up fails with DiskFullError instead of hanging', async () => {
+    const small = path.join(instancesDir, 'small-disk');
+    await fs.mkdir(small, { recursive: true });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=400m,mode=0700', 'guestlab-test', small]);
+    process.env.GUESTLAB_INSTANCES_DIR = small;
+    process.env.GUESTLAB_MIN_FREE_DISK_MIB = '100';
+    try {
+      const guest = await startGuest({ image: 'debian-12' });
+      const filling = await guest.exec(['dd', 'if=/dev/zero', 'of=/var/tmp/fill', 'bs=1M', 'count=600', 'oflag=direct'], { sudo: true }).catch((e: unknown) => e);
+      expect(filling).toMatchObject({ name: 'DiskFullError', code: 'ERR_DISK_FULL' });
+      expect((filling as Error).message).toMatch(/host disk holding guest .* is full; QEMU paused the guest/);
+      await expect(guest.exec(['true'])).rejects.toMatchObject({ code: 'ERR_DISK_FULL' });
+      await guest.stop();
+      expect(await fs.readdir(small)).toEqual([]);
+    } finally {
+      delete process.env.GUESTLAB_MIN_FREE_DISK_MIB;
+      execFileSync('umount', [small]);
+    }
   });
 
   test('bad input fails before anything starts', async () => {

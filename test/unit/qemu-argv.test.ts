@@ -3,7 +3,7 @@ import { buildQemuArgv, parseUsernetForward, type QemuConfig } from '../../src/q
 
 const base: QemuConfig = {
   name: 'web-1',
-  tag: '00000000-0000-4000-8000-000000000001',
+  tag: 'guestlab:instance=web-1-abcd:owner=123.456',
   accel: 'tcg',
   cpus: 2,
   memoryMiB: 1024,
@@ -22,7 +22,7 @@ function option(argv: string[], flag: string): string[] {
 describe('buildQemuArgv', () => {
   test('TCG: multi-threaded TCG and an emulated CPU, no KVM', () => {
     const argv = buildQemuArgv(base);
-    expect(option(argv, '-accel')).toEqual(['tcg,thread=multi']);
+    expect(option(argv, '-accel')).toEqual(['tcg,thread=multi,tb-size=256']);
     expect(option(argv, '-cpu')).toEqual(['max']);
     expect(argv.join(' ')).not.toMatch(/kvm/);
   });
@@ -73,6 +73,14 @@ describe('buildQemuArgv', () => {
 
   test('refuses newlines in values', () => {
     expect(() => buildQemuArgv({ ...base, name: 'a\nb' })).toThrow(/newline/);
+  });
+
+  test('the guestlab tag is in the command line, for the reaper', () => {
+    expect(option(buildQemuArgv(base), '-smbios')).toEqual(['type=11,value=guestlab:instance=web-1-abcd:owner=123.456']);
+  });
+
+  test('a full host disk pauses the guest with an event rather than corrupting it', () => {
+    expect(option(buildQemuArgv(base), '-drive')[0]).toContain('werror=enospc');
   });
 
   test('firmware boot when no kernel is given', () => {

@@ -1,0 +1,100 @@
+// The sweep: instance directories, leases and QEMU processes left by dead sessions. A process is
+// killed only when its command line carries the guestlab tag of an instance whose owner is dead,
+// so an unrelated process, even one that reused a recorded pid, is never signalled.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { sweepLeases, type LeaseRecord } from '../budget/leases.ts';
+import { guestlabPaths } from '../config.ts';
+import { log as rootLog, type Logger } from '../log.ts';
+import { isAlive, processCmdline, type ProcessIdentity } from './identity.ts';
+
+/** Written into every instance directory before anything that could leak. */
+export const OWNER_FILE = 'owner.json';
+
+export interface OwnerRecord {
+  instanceId: string;
+  owner: ProcessIdentity;
+  createdAt: string;
+}
+
+/** The tag QEMU carries in its command line (as an SMBIOS OEM string). */
+export function qemuTag(instanceId: string, owner: ProcessIdentity): string {
+  return `guestlab:instance=${instanceId}:owner=${owner.pid}.${owner.start}`;
+}
+
+export function parseQemuTag(cmdline: string[]): { instanceId: string; owner: ProcessIdentity } | undefined {
+  for (const arg of cmdline) {
+    const m = /guestlab:instance=([A-Za-z0-9._-]+):owner=(\d+)\.(\d+)/.exec(arg);
+    if (m) return { instanceId: m[1]!, owner: { pid: Number(m[2]), start: Number(m[3]) } };
+  }
+  return undefined;
+}
+
+export interface SweepReport {
+  instanceDirs: string[];
+  killedPids: number[];
+  leases: LeaseRecord[];
+}
+
+/** Pids of QEMU processes tagged by guestlab whose owner is dead. */
+async function orphanedQemus(): Promise<{ pid: number; instanceId: string }[]> {
+  const found: { pid: number; instanceId: string }[] = [];
+  for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = processCmdline(Number(entry));
+    if (!cmdline?.[0]?.includes('qemu-system')) continue;
+    const tag = parseQemuTag(cmdline);
+    if (tag && !isAlive(tag.owner)) found.push({ pid: Number(entry), instanceId: tag.instanceId });
+  }
+  return found;
+}
+
+export async function sweep(options: { log?: Logger; instancesDir?: string } = {}): Promise<SweepReport> {
+  const log = options.log ?? rootLog;
+  const instancesDir = options.instancesDir ?? guestlabPaths().instancesDir;
+  const report: SweepReport = { instanceDirs: [], killedPids: [], leases: [] };
+
+  for (const { pid, instanceId } of await orphanedQemus()) {
+    try {
+      process.kill(pid, 'SIGKILL');
+      report.killedPids.push(pid);
+      log.info(`killed orphaned QEMU ${pid} of instance ${instanceId}`);
+    } catch {
+      // exited meanwhile
+    }
+  }
+
+  for (const entry of await fs.readdir(instancesDir).catch(() => [] as string[])) {
+    const dir = path.join(instancesDir, entry);
+    const text = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8').catch(() => undefined);
+    let owner: OwnerRecord | undefined;
+    try {
+      owner = text ? (JSON.parse(text) as OwnerRecord) : undefined;
+    } catch {
+      owner = undefined;
+    }
+    if (owner && isAlive(owner.owner)) continue;
+    if (!owner) {
+      // No owner record: either being created this instant or torn. Leave young ones alone.
+      const stat = await fs.stat(dir).catch(() => undefined);
+      if (!stat || Date.now() - stat.mtimeMs < 60_000) continue;
+    }
+    await fs.rm(dir, { recursive: true, force: true });
+    report.instanceDirs.push(dir);
+    log.info(`removed instance directory of a dead session: ${dir}`);
+  }
+
+  report.leases = await sweepLeases();
+  return report;
+}
+
+let once: Promise<SweepReport> | undefined;
+
+/** The sweep, once per process, before the first guest starts. */
+export function sweepOnce(log?: Logger): Promise<SweepReport> {
+  once ??= sweep({ log }).catch((error: unknown) => {
+    log?.warn(`sweep of stale guests failed: ${(error as Error).message}`);
+    return { instanceDirs: [], killedPids: [], leases: [] };
+  });
+  return once;
+}

@@ -1,0 +1,84 @@
+// The sweep removes what dead sessions left, and signals nothing it cannot prove is theirs.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { dir } from 'tmp-promise';
+import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { createLogger } from '../../src/log.ts';
+import { currentIdentity, processStartTime } from '../../src/reaper/identity.ts';
+import { OWNER_FILE, parseQemuTag, qemuTag, sweep } from '../../src/reaper/sweep.ts';
+
+const log = createLogger('test', () => undefined);
+
+describe('sweep', () => {
+  let root: string;
+  let cleanup: () => Promise<void>;
+  const children: ChildProcess[] = [];
+  const saved = { ...process.env };
+
+  beforeEach(async () => {
+    ({ path: root, cleanup } = await dir({ unsafeCleanup: true }));
+    process.env.GUESTLAB_BUDGET_DIR = path.join(root, 'budget');
+  });
+  afterEach(async () => {
+    process.env = { ...saved };
+    for (const child of children.splice(0)) child.kill('SIGKILL');
+    await cleanup();
+  });
+
+  async function instance(name: string, owner: { pid: number; start: number }): Promise<string> {
+    const instanceDir = path.join(root, 'instances', name);
+    await fs.mkdir(instanceDir, { recursive: true });
+    await fs.writeFile(path.join(instanceDir, OWNER_FILE), JSON.stringify({ instanceId: name, owner, createdAt: '' }));
+    return instanceDir;
+  }
+
+  /** A long-running process whose argv[0] looks like QEMU and which carries `tag`. */
+  async function fakeQemu(tag: string): Promise<ChildProcess> {
+    const link = path.join(root, 'qemu-system-x86_64');
+    await fs.symlink('/usr/bin/tail', link).catch(() => undefined);
+    const child = spawn(link, ['-f', '/dev/null', tag], { stdio: 'ignore' });
+    children.push(child);
+    await once(child, 'spawn');
+    return child;
+  }
+
+  test('the tag round-trips', () => {
+    expect(parseQemuTag(['qemu', '-smbios', `type=11,value=${qemuTag('web-1-ab', { pid: 12, start: 34 })}`])).toEqual({ instanceId: 'web-1-ab', owner: { pid: 12, start: 34 } });
+    expect(parseQemuTag(['qemu', '-m', '1G'])).toBeUndefined();
+  });
+
+  test('keeps the directory of a live owner, removes the one of a dead owner', async () => {
+    const mine = await instance('mine', currentIdentity());
+    const dead = await instance('dead', { pid: 2 ** 22 + 777, start: 1 });
+    const report = await sweep({ log, instancesDir: path.join(root, 'instances') });
+    expect(report.instanceDirs).toEqual([dead]);
+    await expect(fs.stat(mine)).resolves.toBeTruthy();
+  });
+
+  test('an owner record naming a live, unrelated process (reused pid) is stale, and that process is not signalled', async () => {
+    const bystander = spawn('sleep', ['300']);
+    children.push(bystander);
+    await once(bystander, 'spawn');
+    const start = processStartTime(bystander.pid!)!;
+    const stale = await instance('reused', { pid: bystander.pid!, start: start + 5 });
+    const report = await sweep({ log, instancesDir: path.join(root, 'instances') });
+    expect(report.instanceDirs).toEqual([stale]);
+    expect(report.killedPids).not.toContain(bystander.pid);
+    expect(processStartTime(bystander.pid!)).toBe(start);
+  });
+
+  test('kills a tagged QEMU of a dead owner, never one of a live owner or an untagged one', async () => {
+    const orphan = await fakeQemu(qemuTag('orphan-1', { pid: 2 ** 22 + 778, start: 1 }));
+    const owned = await fakeQemu(qemuTag('owned-1', currentIdentity()));
+    const untagged = await fakeQemu('no-tag-here');
+    const orphanExit = once(orphan, 'exit');
+    const report = await sweep({ log, instancesDir: path.join(root, 'instances') });
+    expect(report.killedPids).toEqual([orphan.pid]);
+    await orphanExit;
+    expect(orphan.signalCode).toBe('SIGKILL');
+    expect(owned.exitCode ?? owned.signalCode).toBeNull();
+    expect(untagged.exitCode ?? untagged.signalCode).toBeNull();
+  });
+});
