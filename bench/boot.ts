@@ -41,7 +41,11 @@ const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 };
-const median = (values: number[]) => percentile(values, 50);
+const median = (values: number[]) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length / 2;
+  return sorted.length % 2 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
 
 async function runBaseline(imageDir: string, accel: string): Promise<Sample> {
   const script = path.join(import.meta.dirname, 'baseline.sh');
@@ -87,7 +91,7 @@ const rows: [string, (s: Sample[]) => number][] = [
   ['ssh ready (banner+auth)', (s) => median(s.map((x) => x.sshReadyMs))],
   ['cloud-init done', (s) => median(s.map((x) => x.cloudInitDoneMs))],
   ['boot to first command', (s) => median(s.map((x) => x.firstCommandMs))],
-  ['exec round trip p50', (s) => median(s.flatMap((x) => x.execMs))],
+  ['exec round trip p50', (s) => percentile(s.flatMap((x) => x.execMs), 50)],
   ['exec round trip p95', (s) => percentile(s.flatMap((x) => x.execMs), 95)],
   ['teardown', (s) => median(s.map((x) => x.teardownMs))],
 ];

@@ -95,11 +95,12 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     const qmp = await connectQmp(instance, qemu, deadline);
     parts.qmp = qmp;
     qmp.on('event', (event) => {
+      log.debug(`QMP event ${event.event} ${JSON.stringify(event.data ?? {})}`);
       // A full host disk pauses the guest; say so instead of leaving it hanging.
       if (event.event === 'BLOCK_IO_ERROR' && event.data?.nospace === true && !parts.diskFull) {
         parts.diskFull = new DiskFullError(spec.name, instance.dir);
         log.warn(parts.diskFull.message);
-        parts.session?.close();
+        parts.session?.close(parts.diskFull);
       }
     });
     const port = parseUsernetForward(await qmp.hmp('info usernet'), 22);

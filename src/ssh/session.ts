@@ -40,6 +40,8 @@ export class SshSession {
   #lostReason: string | undefined;
   #active = 0;
   #queue: (() => void)[] = [];
+  /** Settles every command in flight with an error; used when the session is closed under them. */
+  #inFlight = new Set<(error: Error) => void>();
 
   private constructor(endpoint: SshEndpoint, client: Client) {
     this.endpoint = endpoint;
@@ -108,9 +110,11 @@ export class SshSession {
     }
   }
 
-  close(): void {
+  /** Close the connection; commands still running fail with `reason` (or a generic error). */
+  close(reason?: Error): void {
     if (this.#closed) return;
     this.#closed = true;
+    for (const fail of this.#inFlight) fail(reason ?? new SshError('The SSH session was closed while the command ran'));
     this.#client.end();
     this.#client.destroy();
   }
@@ -137,6 +141,7 @@ export class SshSession {
         const settle = (outcome: { timedOut: boolean } | { error: Error }) => {
           if (settled) return;
           settled = true;
+          this.#inFlight.delete(failInFlight);
           clearTimeout(timer);
           options.signal?.removeEventListener('abort', onAbort);
           if ('error' in outcome) return reject(outcome.error);
@@ -155,6 +160,8 @@ export class SshSession {
           settle(outcome);
           channel.close();
         };
+        const failInFlight = (error: Error) => settle({ error });
+        this.#inFlight.add(failInFlight);
         const timer = options.timeoutMs ? setTimeout(() => abandon({ timedOut: true }), options.timeoutMs) : undefined;
         const onAbort = () => abandon({ error: new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }) });
         options.signal?.addEventListener('abort', onAbort, { once: true });

@@ -3,7 +3,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { expect, test } from 'vitest';
-import { createSuite, GUEST_TEST_HEADER, qemuPidsMentioning } from './helpers.ts';
+import { plain, createSuite, GUEST_TEST_HEADER, qemuPidsMentioning } from './helpers.ts';
 
 const file = (n: number) => `${GUEST_TEST_HEADER}
 const test = base.extend({ vm: guestFixture({ image: 'debian-12', cpus: 1, memoryMiB: 512 }, { scope: 'test' }) });
@@ -26,12 +26,12 @@ test('a budget of two guests holds six guest tests to two at a time, and all pas
       await new Promise((r) => setTimeout(r, 250));
     }
     const result = await run;
-    expect(result.exitCode, result.all).toBe(0);
-    expect(result.all).toMatch(/Tests\s+6 passed \(6\)/);
+    expect(result.exitCode, plain(result.all)).toBe(0);
+    expect(plain(result.all)).toMatch(/Tests\s+6 passed \(6\)/);
     const peak = Math.max(...samples);
     console.log(`budget e2e: ${samples.length} samples, peak ${peak} QEMU(s), ${samples.filter((s) => s === 2).length} samples at two`);
     expect(peak).toBe(2);
-    expect(result.all).toMatch(/waiting for the budget/);
+    expect(plain(result.all)).toMatch(/waiting for the budget/);
     expect(await fs.readdir(suite.instancesDir)).toEqual([]);
     expect(await fs.readdir(path.join(suite.budgetDir, 'leases'))).toEqual([]);
   } finally {

@@ -3,7 +3,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { expect, test } from 'vitest';
-import { createSuite, GUEST_TEST_HEADER } from './helpers.ts';
+import { plain, createSuite, GUEST_TEST_HEADER } from './helpers.ts';
 
 test('a file-scoped guest fixture is torn down when its test fails', async () => {
   const suite = await createSuite({});
@@ -19,9 +19,9 @@ test('fails on purpose', async ({ vm }) => {
 `);
   try {
     const run = await suite.run();
-    expect(run.exitCode, run.all).toBe(1);
-    expect(run.all).toContain('fails on purpose');
-    expect(run.all).toMatch(/expected 'actual\\n' to be 'expected\\n'/);
+    expect(run.exitCode, plain(run.all)).toBe(1);
+    expect(plain(run.all)).toContain('fails on purpose');
+    expect(plain(run.all)).toMatch(/expected 'actual\\n' to be 'expected\\n'/);
 
     const pid = Number(await fs.readFile(pidFile, 'utf8'));
     expect(pid).toBeGreaterThan(0);

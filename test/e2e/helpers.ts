@@ -10,7 +10,7 @@ export interface Suite {
   instancesDir: string;
   budgetDir: string;
   env: Record<string, string>;
-  run(args?: string[], env?: Record<string, string>): ResultPromise<{ reject: false; all: true }>;
+  run(args?: string[], env?: Record<string, string>): ResultPromise<{ reject: false; all: true; stripFinalNewline: true }>;
   cleanup(): Promise<void>;
 }
 
@@ -23,7 +23,7 @@ export async function createSuite(files: Record<string, string>): Promise<Suite>
   const budgetDir = path.join(state.path, 'budget');
   await fs.writeFile(path.join(suiteDir, 'vitest.config.ts'), `export default { test: { include: ['*.test.ts'], testTimeout: 900000, hookTimeout: 900000 } };\n`);
   for (const [name, text] of Object.entries(files)) await fs.writeFile(path.join(suiteDir, name), text);
-  const env = { GUESTLAB_INSTANCES_DIR: instancesDir, GUESTLAB_BUDGET_DIR: budgetDir, FORCE_COLOR: '0' };
+  const env = { GUESTLAB_INSTANCES_DIR: instancesDir, GUESTLAB_BUDGET_DIR: budgetDir, NO_COLOR: '1' };
   return {
     dir: suiteDir,
     instancesDir,
@@ -33,13 +33,24 @@ export async function createSuite(files: Record<string, string>): Promise<Suite>
       execa('node_modules/.bin/vitest', ['run', '--root', suiteDir, '--config', path.join(suiteDir, 'vitest.config.ts'), ...args], {
         reject: false,
         all: true,
-        env: { ...env, ...extraEnv },
+        stripFinalNewline: true,
+        env: { ...withoutColor(process.env), ...env, ...extraEnv },
       }),
     cleanup: async () => {
       await fs.rm(suiteDir, { recursive: true, force: true });
       await state.cleanup();
     },
   };
+}
+
+function withoutColor(env: NodeJS.ProcessEnv): Record<string, string> {
+  const { FORCE_COLOR: _force, ...rest } = env;
+  return rest as Record<string, string>;
+}
+
+/** Text without ANSI colour codes, for assertions on a reporter's output. */
+export function plain(text: string | undefined): string {
+  return (text ?? '').replace(/\x1b\[[0-9;]*m/g, '');
 }
 
 /** Pids of QEMU processes whose command line mentions `needle`. */
