@@ -3,32 +3,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { CloudInitError, startGuest } from 'guestlab';
-import { dir } from 'tmp-promise';
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-
-/** Pids of processes whose command line mentions `needle`. */
-async function processesMentioning(needle: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.includes(needle) && Number(entry) !== process.pid) pids.push(Number(entry));
-  }
-  return pids;
-}
+import { describe, expect, test } from 'vitest';
+import { processesMentioning, usePrivateInstancesDir } from './helpers.ts';
 
 describe('guest failures', () => {
-  // Each test gets its own instances directory, so "nothing left behind" can be checked exactly.
-  let instancesDir: string;
-  let cleanup: () => Promise<void>;
-  beforeEach(async () => {
-    ({ path: instancesDir, cleanup } = await dir({ unsafeCleanup: true, prefix: 'gl-inst-' }));
-    process.env.GUESTLAB_INSTANCES_DIR = instancesDir;
-  });
-  afterEach(async () => {
-    delete process.env.GUESTLAB_INSTANCES_DIR;
-    await cleanup();
-  });
+  const instances = usePrivateInstancesDir();
 
   test('a cloud-init failure is reported with its detail, and the guest is stopped', async () => {
     const error = await startGuest({
@@ -38,13 +17,13 @@ describe('guest failures', () => {
     expect(error).toBeInstanceOf(CloudInitError);
     expect((error as Error).message).toMatch(/cloud-init finished with status "error"/);
     expect((error as Error).message).toContain('guestlab-runcmd-failed');
-    expect(await fs.readdir(instancesDir)).toEqual([]);
-    expect(await processesMentioning(instancesDir)).toEqual([]);
+    expect(await fs.readdir(instances())).toEqual([]);
+    expect(await processesMentioning(instances())).toEqual([]);
   });
 
   // A full host disk pauses QEMU (werror=enospc); guestlab must turn that into an error.
   test.runIf(process.getuid?.() === 0)('a guest whose host disk fills up fails with DiskFullError instead of hanging', async () => {
-    const small = path.join(instancesDir, 'small-disk');
+    const small = path.join(instances(), 'small-disk');
     await fs.mkdir(small, { recursive: true });
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=400m,mode=0700', 'guestlab-test', small]);
     process.env.GUESTLAB_INSTANCES_DIR = small;

@@ -2,53 +2,23 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { BootTimeoutError, GuestStoppedError, HostRequirementError, startGuest } from 'guestlab';
-import { dir } from 'tmp-promise';
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-
-/** Pids of processes whose command line mentions `needle`. */
-async function processesMentioning(needle: string): Promise<number[]> {
-  const pids: number[] = [];
-  for (const entry of await fs.readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const cmdline = await fs.readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
-    if (cmdline.includes(needle) && Number(entry) !== process.pid) pids.push(Number(entry));
-  }
-  return pids;
-}
-
-async function alive(pid: number): Promise<boolean> {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
+import { describe, expect, test } from 'vitest';
+import { alive, processesMentioning, usePrivateInstancesDir } from './helpers.ts';
 
 describe('guest lifecycle', () => {
-  // Each test gets its own instances directory, so "nothing left behind" can be checked exactly.
-  let instancesDir: string;
-  let cleanup: () => Promise<void>;
-  beforeEach(async () => {
-    ({ path: instancesDir, cleanup } = await dir({ unsafeCleanup: true, prefix: 'gl-inst-' }));
-    process.env.GUESTLAB_INSTANCES_DIR = instancesDir;
-  });
-  afterEach(async () => {
-    delete process.env.GUESTLAB_INSTANCES_DIR;
-    await cleanup();
-  });
+  const instances = usePrivateInstancesDir();
 
   test('stop() ends QEMU and removes the instance directory; it is idempotent', async () => {
     const guest = await startGuest({ image: 'debian-12', cpus: 1, memoryMiB: 768 });
     const { pid, instanceDir } = guest;
-    expect(await alive(pid)).toBe(true);
+    expect(alive(pid)).toBe(true);
     expect((await fs.stat(instanceDir)).mode & 0o777).toBe(0o700);
     expect((await fs.stat(guest.ssh.privateKeyPath)).mode & 0o777).toBe(0o600);
-    expect(path.dirname(instanceDir)).toBe(instancesDir);
+    expect(path.dirname(instanceDir)).toBe(instances());
     expect(guest.timings.cloudInitDoneMs).toBeGreaterThanOrEqual(guest.timings.sshReadyMs);
 
     await guest.stop();
-    expect(await alive(pid)).toBe(false);
+    expect(alive(pid)).toBe(false);
     await expect(fs.stat(instanceDir)).rejects.toMatchObject({ code: 'ENOENT' });
     expect(await processesMentioning(instanceDir)).toEqual([]);
     await expect(guest.stop()).resolves.toBeUndefined();
@@ -60,8 +30,8 @@ describe('guest lifecycle', () => {
     expect(error).toBeInstanceOf(BootTimeoutError);
     expect((error as Error).message).toMatch(/did not answer SSH within 4000 ms/);
     expect((error as Error).message).toMatch(/serial console, last 50 lines ---\n[\s\S]*Linux version|serial console, last 50 lines ---\n[\s\S]*\S/);
-    expect(await fs.readdir(instancesDir)).toEqual([]);
-    expect(await processesMentioning(instancesDir)).toEqual([]);
+    expect(await fs.readdir(instances())).toEqual([]);
+    expect(await processesMentioning(instances())).toEqual([]);
   });
 
   test('await using stops the guest at the end of the block', async () => {
@@ -71,8 +41,8 @@ describe('guest lifecycle', () => {
       pid = guest.pid;
       expect(await guest.succeed(['echo', 'inside'])).toBe('inside\n');
     }
-    expect(await alive(pid)).toBe(false);
-    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(alive(pid)).toBe(false);
+    expect(await fs.readdir(instances())).toEqual([]);
   });
 
   test('a host disk below the free-space minimum is refused before boot', async () => {
@@ -84,13 +54,13 @@ describe('guest lifecycle', () => {
     } finally {
       delete process.env.GUESTLAB_MIN_FREE_DISK_MIB;
     }
-    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(await fs.readdir(instances())).toEqual([]);
   });
 
   test('bad input fails before anything starts', async () => {
     await expect(startGuest({ image: 'no-such-image' })).rejects.toThrow(/Unknown image "no-such-image". Known images: .*debian-12/);
     await expect(startGuest({ image: 'debian-12', memoryMiB: -1 })).rejects.toThrow('Expected `memoryMiB` to be a positive integer, got -1 (number)');
     await expect(startGuest({ image: 'debian-12', cloudConfig: { ssh_keys: {} } })).rejects.toThrow(/cloudConfig.ssh_keys/);
-    expect(await fs.readdir(instancesDir)).toEqual([]);
+    expect(await fs.readdir(instances())).toEqual([]);
   });
 });
