@@ -114,13 +114,14 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       { mode: 0o600 },
     );
 
-    const bootFailure = async (phase: string, problem: string, cause?: unknown): Promise<Error> => {
+    /** The error for a boot that went wrong, with the serial console's tail as evidence. */
+    const bootFailure = async (phase: string, problem: string, { timedOut, cause }: { timedOut: boolean; cause?: unknown }): Promise<Error> => {
       const serial = tailLines(await fs.readFile(instance.file('serial'), 'utf8').catch(() => ''), SERIAL_TAIL_LINES);
       const elapsed = ((performance.now() - bootStarted) / 1000).toFixed(1);
       const text = `Guest ${spec.name} (${spec.image}, ${accel}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
         `--- serial console, last ${SERIAL_TAIL_LINES} lines ---\n${serial || '(empty)'}`;
       if (qemu.hasExited) return new QemuError(`${text}\n--- QEMU output ---\n${qemu.outputTail()}`, { cause });
-      return problem.startsWith('did not') ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
+      return timedOut ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
     };
     const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : parts.diskFull ? 'the host disk is full' : undefined);
 
@@ -132,11 +133,11 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     while (!session) {
       checkAbort('waiting for SSH');
       const banner = await waitForSshBanner({ host: endpoint.host, port, deadline, shouldStop: qemuGone, signal });
-      if (!banner) throw await bootFailure('ssh-banner', `did not answer SSH within ${bootTimeoutMs} ms`, lastAuthError);
+      if (!banner) throw await bootFailure('ssh-banner', `did not answer SSH within ${bootTimeoutMs} ms`, { timedOut: true, cause: lastAuthError });
       if ('stopped' in banner) {
         checkAbort('waiting for SSH');
         if (parts.diskFull) throw parts.diskFull;
-        throw await bootFailure('ssh-banner', `stopped before SSH answered: QEMU ${qemu.hasExited ? describeExit(await qemu.exited) : 'stopped'}`);
+        throw await bootFailure('ssh-banner', `stopped before SSH answered: QEMU ${qemu.hasExited ? describeExit(await qemu.exited) : 'stopped'}`, { timedOut: false });
       }
       sshBannerMs ||= since();
       try {
@@ -145,7 +146,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
         if ((error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH') throw error;
         lastAuthError = error;
         log.debug(`SSH not ready yet: ${(error as Error).message}`);
-        if (Date.now() >= deadline) throw await bootFailure('ssh-auth', `did not accept the SSH key within ${bootTimeoutMs} ms`, error);
+        if (Date.now() >= deadline) throw await bootFailure('ssh-auth', `did not accept the SSH key within ${bootTimeoutMs} ms`, { timedOut: true, cause: error });
         await sleep(500);
       }
     }
@@ -158,7 +159,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     });
     checkAbort('waiting for cloud-init');
     const statusText = status.stdout.toString('utf8');
-    if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`);
+    if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`, { timedOut: true });
     const state = /^status:\s*(\S+)/m.exec(statusText)?.[1];
     if (state !== 'done') {
       const log = await session.exec('sudo -n tail -n 40 /var/log/cloud-init-output.log', { timeoutMs: 10_000 }).catch(() => undefined);
