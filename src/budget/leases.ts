@@ -3,7 +3,7 @@
 // OOM) is reclaimed by the next process that looks, and a reused pid is never mistaken for it.
 // Waiting guests queue first come, first served: only the oldest waiting request may be admitted.
 import { randomBytes } from 'node:crypto';
-import { readdirSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -76,7 +76,7 @@ async function liveRecords(dir: string, log?: Logger): Promise<LeaseRecord[]> {
   return live;
 }
 
-export function usageOf(records: LeaseRecord[]): Usage {
+function usageOf(records: LeaseRecord[]): Usage {
   return records.reduce((sum, r) => ({ cpus: sum.cpus + r.cpus, memoryMiB: sum.memoryMiB + r.memoryMiB }), { cpus: 0, memoryMiB: 0 });
 }
 
@@ -202,12 +202,4 @@ export async function sweepLeases(): Promise<LeaseRecord[]> {
     }
   }
   return removed;
-}
-
-export function leaseFileCount(): number {
-  try {
-    return readdirSync(path.join(budgetDir(), LEASES)).length;
-  } catch {
-    return 0;
-  }
 }

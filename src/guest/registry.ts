@@ -29,10 +29,6 @@ export function unregisterLive(id: string): void {
   live.delete(id);
 }
 
-export function liveGuestCount(): number {
-  return live.size;
-}
-
 function onSignal(signal: NodeJS.Signals): void {
   reapAllSync();
   // If nobody else handles the signal, die of it as the process would have without us.
