@@ -76,7 +76,8 @@ async function liveRecords(dir: string, log?: Logger): Promise<LeaseRecord[]> {
   return live;
 }
 
-function usageOf(records: LeaseRecord[]): Usage {
+/** CPUs and memory held by `records`. */
+export function usageOf(records: LeaseRecord[]): Usage {
   return records.reduce((sum, r) => ({ cpus: sum.cpus + r.cpus, memoryMiB: sum.memoryMiB + r.memoryMiB }), { cpus: 0, memoryMiB: 0 });
 }
 

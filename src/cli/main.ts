@@ -7,7 +7,7 @@ import { formatDoctor, runDoctor } from '../host/doctor.ts';
 import { ensureImage, imageDirName, IMAGE_FILES } from '../images/builder.ts';
 import { listRecipes } from '../images/catalog.ts';
 import { loadRecipe } from '../images/recipe.ts';
-import { budgetDir, budgetState } from '../budget/leases.ts';
+import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
 import { detectLimits } from '../budget/limits.ts';
 import { sweep } from '../reaper/sweep.ts';
 import { exists } from '../util/fs.ts';
@@ -106,9 +106,9 @@ async function ps(): Promise<number> {
   }
   printTable(rows);
   const [state, limits] = await Promise.all([budgetState(), detectLimits()]);
-  const used = state.leases.reduce((sum, l) => ({ cpus: sum.cpus + l.cpus, mem: sum.mem + l.memoryMiB }), { cpus: 0, mem: 0 });
+  const used = usageOf(state.leases);
   console.log(
-    `\nbudget (${budgetDir()}): ${state.leases.length} lease(s) hold ${used.cpus} CPU and ${used.mem} MiB; ` +
+    `\nbudget (${budgetDir()}): ${state.leases.length} lease(s) hold ${used.cpus} CPU and ${used.memoryMiB} MiB; ` +
       `${state.queue.length} waiting; limits now ${limits.cpus} CPU (${limits.source.cpus}), ${limits.memoryMiB} MiB (${limits.source.memory})`,
   );
   return 0;
