@@ -62,18 +62,25 @@ async function readRecords(dir: string): Promise<{ file: string; record: LeaseRe
   return records;
 }
 
-/** Live records of a directory; records of dead holders are deleted on the way. */
-async function liveRecords(dir: string, log?: Logger): Promise<LeaseRecord[]> {
+/** Splits a directory's records into live ones and those of dead holders, deleting the latter. */
+async function reclaimDead(dir: string, log?: Logger): Promise<{ live: LeaseRecord[]; dead: LeaseRecord[] }> {
   const live: LeaseRecord[] = [];
+  const dead: LeaseRecord[] = [];
   for (const { file, record } of await readRecords(dir)) {
     if (isAlive(record.owner)) {
       live.push(record);
     } else {
       log?.info(`reclaimed ${path.basename(dir) === LEASES ? 'lease' : 'queue entry'} of ${record.guest} held by dead process ${record.owner.pid}`);
       await fs.rm(file, { force: true });
+      dead.push(record);
     }
   }
-  return live;
+  return { live, dead };
+}
+
+/** Live records of a directory; records of dead holders are deleted on the way. */
+async function liveRecords(dir: string, log?: Logger): Promise<LeaseRecord[]> {
+  return (await reclaimDead(dir, log)).live;
 }
 
 /** CPUs and memory held by `records`. */
@@ -91,11 +98,13 @@ async function limitsInForce(dir: string, idle: boolean): Promise<BudgetLimits> 
     const text = await fs.readFile(snapshotFile, 'utf8').catch(() => undefined);
     if (text) {
       const snapshot = JSON.parse(text) as BudgetLimits;
-      const fresh = await detectLimits();
-      // Explicit overrides of this process win over the snapshot.
+      // Explicit overrides of this process win over the snapshot. Only they are read here: this
+      // runs at every poll of every waiting guest, and the host's own figures are in the snapshot.
+      const overridden = process.env.GUESTLAB_BUDGET_CPUS || process.env.GUESTLAB_BUDGET_MEMORY_MIB;
+      const fresh = overridden ? await detectLimits() : undefined;
       return {
-        cpus: fresh.source.cpus.startsWith('GUESTLAB_') ? fresh.cpus : snapshot.cpus,
-        memoryMiB: fresh.source.memory.startsWith('GUESTLAB_') ? fresh.memoryMiB : snapshot.memoryMiB,
+        cpus: fresh?.source.cpus.startsWith('GUESTLAB_') ? fresh.cpus : snapshot.cpus,
+        memoryMiB: fresh?.source.memory.startsWith('GUESTLAB_') ? fresh.memoryMiB : snapshot.memoryMiB,
         source: snapshot.source,
       };
     }
@@ -194,13 +203,6 @@ export async function budgetState(): Promise<{ leases: LeaseRecord[]; queue: Lea
 export async function sweepLeases(): Promise<LeaseRecord[]> {
   const dir = budgetDir();
   const removed: LeaseRecord[] = [];
-  for (const sub of [LEASES, QUEUE]) {
-    for (const { file, record } of await readRecords(path.join(dir, sub))) {
-      if (!isAlive(record.owner)) {
-        await fs.rm(file, { force: true });
-        removed.push(record);
-      }
-    }
-  }
+  for (const sub of [LEASES, QUEUE]) removed.push(...(await reclaimDead(path.join(dir, sub))).dead);
   return removed;
 }

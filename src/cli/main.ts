@@ -9,6 +9,7 @@ import { listRecipes } from '../images/catalog.ts';
 import { loadRecipe } from '../images/recipe.ts';
 import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
 import { detectLimits } from '../budget/limits.ts';
+import { INSTANCE_FILES } from '../guest/instance.ts';
 import { sweep } from '../reaper/sweep.ts';
 import { exists } from '../util/fs.ts';
 
@@ -99,7 +100,7 @@ async function ps(): Promise<number> {
   const entries = await fs.readdir(instancesDir).catch(() => [] as string[]);
   const rows = [['NAME', 'IMAGE', 'ACCEL', 'CPUS', 'MEMORY', 'SSH', 'QEMU PID', 'OWNER PID', 'AGE']];
   for (const entry of entries.sort()) {
-    const info = await fs.readFile(path.join(instancesDir, entry, 'guest.json'), 'utf8').then((t) => JSON.parse(t) as Record<string, string | number>).catch(() => undefined);
+    const info = await fs.readFile(path.join(instancesDir, entry, INSTANCE_FILES.info), 'utf8').then((t) => JSON.parse(t) as Record<string, string | number>).catch(() => undefined);
     if (!info) continue;
     const age = Math.round((Date.now() - Date.parse(String(info.startedAt))) / 1000);
     rows.push([info.name, info.image, info.accel, info.cpus, `${info.memoryMiB}M`, `127.0.0.1:${info.sshPort}`, info.qemuPid, info.ownerPid, `${age}s`].map(String));

@@ -23,10 +23,15 @@ export function processStartTime(pid: number): number | undefined {
   }
 }
 
+let self: ProcessIdentity | undefined;
+
+/** This process's identity; it cannot change, so /proc is read once. */
 export function currentIdentity(): ProcessIdentity {
+  if (self) return self;
   const start = processStartTime(process.pid);
   if (start === undefined) throw new Error('Cannot read /proc/self/stat: guestlab needs Linux procfs');
-  return { pid: process.pid, start };
+  self = { pid: process.pid, start };
+  return self;
 }
 
 /** True only when the pid runs and is the same process (not a later one that reused the pid). */
