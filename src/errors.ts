@@ -18,6 +18,8 @@ export type GuestlabErrorCode =
   | 'ERR_LOCK_TIMEOUT'
   | 'ERR_BUDGET'
   | 'ERR_DISK_FULL'
+  | 'ERR_WAIT_TIMEOUT'
+  | 'ERR_UNIT_FAILED'
   | 'ERR_ABORTED';
 
 export class GuestlabError extends Error {

@@ -12,6 +12,7 @@ export const INSTANCE_FILES = {
   seed: 'cidata.iso',
   qmp: 'qmp.sock',
   serial: 'serial.log',
+  qemuLog: 'qemu.log',
   clientKey: 'id_ed25519',
   knownHosts: 'known_hosts',
   info: 'guest.json',
@@ -43,4 +44,11 @@ export async function createInstanceDir(instancesDir: string, guestName: string)
   const owner: OwnerRecord = { instanceId: id, owner: currentIdentity(), createdAt: new Date().toISOString() };
   await fs.writeFile(path.join(dir, OWNER_FILE), JSON.stringify(owner) + '\n', { mode: 0o600 });
   return { id, dir, file: (name) => path.join(dir, INSTANCE_FILES[name]) };
+}
+
+/** Record that the guest is kept for debugging, so that no sweep removes it. */
+export async function markInstanceKept(instance: InstanceDir): Promise<void> {
+  const file = instance.file('owner');
+  const owner = JSON.parse(await fs.readFile(file, 'utf8')) as OwnerRecord;
+  await fs.writeFile(file, JSON.stringify({ ...owner, keptAt: new Date().toISOString() }) + '\n', { mode: 0o600 });
 }

@@ -21,6 +21,7 @@ import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
+import { keepMode } from './keep.ts';
 import { registerLive } from './registry.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec } from './spec.ts';
 import { DiskFullError, shutdownParts, StartedGuest, type BootTimings, type GuestParts, type TeardownParts } from './started-guest.ts';
@@ -89,7 +90,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     });
     const bootStarted = performance.now();
     const deadline = Date.now() + bootTimeoutMs;
-    const qemu = await launchQemu(argv, log);
+    const qemu = await launchQemu(argv, log, { outputFile: instance.file('qemuLog'), keepable: keepMode() !== 'never' });
     parts.qemu = qemu;
     registerLive(instance.id, { dir: instance.dir, pid: qemu.pid });
     const qmp = await connectQmp(instance, qemu, deadline);

@@ -1,21 +1,28 @@
 // A running, reachable guest: commands over SSH, the console log, and an idempotent stop().
 import fs from 'node:fs/promises';
+import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Lease } from '../budget/leases.ts';
-import { GuestCommandError, GuestlabError, GuestStoppedError } from '../errors.ts';
+import { GuestCommandError, GuestlabError, GuestStoppedError, QemuError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import type { Accel } from '../qemu/argv.ts';
+import { parseUsernetForwards, type Accel } from '../qemu/argv.ts';
 import type { QemuProcess } from '../qemu/process.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import type { SshSession } from '../ssh/session.ts';
 import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
-import { describeValue, expectPositiveInteger } from '../util/validate.ts';
-import type { InstanceDir } from './instance.ts';
+import { describeValue, expectOneOf, expectPositiveInteger } from '../util/validate.ts';
+import { collectEvidence, type GuestEvidence } from './evidence.ts';
+import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
+import { markInstanceKept, type InstanceDir } from './instance.ts';
+import { keepInstructions } from './keep.ts';
 import { unregisterLive } from './registry.ts';
+import { pollUntil, timeoutScale, type WaitOptions } from './waits.ts';
 
 export interface ExecOptions {
-  /** Bytes or text fed to the command's standard input (closed afterwards). */
-  stdin?: string | Uint8Array;
+  /** Bytes, text or a stream fed to the command's standard input (closed afterwards). */
+  stdin?: string | Uint8Array | Readable;
+  /** Stream the command's stdout here (with backpressure) instead of collecting it; `stdout` is then ''. */
+  stdout?: Writable;
   /** Kill the command after this long; the result then has `timedOut: true`. */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -114,6 +121,10 @@ export class StartedGuest implements AsyncDisposable {
   readonly leaseWaitMs: number;
   #parts: GuestParts['parts'];
   #stopping: Promise<void> | undefined;
+  #kept = false;
+  /** Forwards by "protocol:guestPort"; added one at a time. */
+  #forwards = new Map<string, number>();
+  #forwarding: Promise<unknown> = Promise.resolve();
 
   constructor(parts: GuestParts) {
     this.#parts = parts.parts;
@@ -136,6 +147,16 @@ export class StartedGuest implements AsyncDisposable {
 
   get stopped(): boolean {
     return this.#stopping !== undefined;
+  }
+
+  /** True once keep() handed the guest over to the user. */
+  get kept(): boolean {
+    return this.#kept;
+  }
+
+  /** How much longer than under KVM things take here: 1 under KVM, 5 under TCG (GUESTLAB_TIMEOUT_SCALE overrides). */
+  get timeoutScale(): number {
+    return timeoutScale(this.accel);
   }
 
   /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
@@ -166,6 +187,140 @@ export class StartedGuest implements AsyncDisposable {
       });
     }
     return result.stdout;
+  }
+
+  /** Waits until `path` exists in the guest (as root, so any path can be checked). */
+  async waitForFile(guestPath: string, options: WaitOptions = {}): Promise<void> {
+    if (typeof guestPath !== 'string' || !guestPath) throw new TypeError(`Expected \`path\` to be a path in the guest, got ${describeValue(guestPath)}`);
+    await pollUntil(this, `file ${guestPath}`, options, async () => {
+      const result = await this.exec(['sh', '-c', 'test -e "$1" || { ls -la -- "$(dirname -- "$1")" 2>&1; exit 1; }', 'sh', guestPath], { sudo: true });
+      return result.exitCode === 0 ? { done: true, value: undefined } : { done: false, seen: `${guestPath} does not exist; its directory:\n${result.stdout}${result.stderr}` };
+    });
+  }
+
+  /**
+   * Waits until the serial console shows a line matching `pattern`; returns the match. Matches the
+   * whole console since boot, or only what comes after the call with `{ fromNow: true }`.
+   */
+  async waitForConsole(pattern: RegExp | string, options: WaitOptions & { fromNow?: boolean } = {}): Promise<RegExpMatchArray> {
+    const regex = typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : pattern;
+    if (!(regex instanceof RegExp)) throw new TypeError(`Expected \`pattern\` to be a RegExp or a string, got ${describeValue(pattern)}`);
+    const skip = options.fromNow ? (await this.consoleLog()).length : 0;
+    return pollUntil(this, `console output matching ${regex}`, options, async () => {
+      const text = (await this.consoleLog()).slice(skip);
+      const match = text.match(new RegExp(regex.source, regex.flags.replace('g', '')));
+      return match ? { done: true, value: match } : { done: false, seen: `serial console, last lines:\n${text.split('\n').slice(-15).join('\n')}` };
+    });
+  }
+
+  /** Runs argv (or a script through sh -c) until it exits 0; returns that run's result. */
+  async waitUntil(argvOrScript: string[] | string, options: WaitOptions & Pick<ExecOptions, 'sudo' | 'env' | 'cwd'> = {}): Promise<ExecResult> {
+    const argv = typeof argvOrScript === 'string' ? ['sh', '-c', argvOrScript] : argvOrScript;
+    const what = `\`${typeof argvOrScript === 'string' ? argvOrScript : quoteArgv(argv)}\` to succeed`;
+    const { sudo, env, cwd } = options;
+    return pollUntil(this, what, options, async () => {
+      const result = await this.exec(argv, { sudo, env, cwd });
+      return result.exitCode === 0
+        ? { done: true, value: result }
+        : { done: false, seen: `exit code ${result.exitCode}\n--- stdout ---\n${result.stdout.trim()}\n--- stderr ---\n${result.stderr.trim()}` };
+    });
+  }
+
+  /** Copies a host file or directory (recursively) to an absolute guest path. */
+  copyTo(localPath: string, guestPath: string, options: WriteFileOptions = {}): Promise<void> {
+    return copyToGuest(this, localPath, guestPath, options);
+  }
+
+  /** Copies a guest file or directory (recursively) to a host path. */
+  copyFrom(guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
+    return copyFromGuest(this, guestPath, localPath, options);
+  }
+
+  /** A guest file's bytes, or its text when an encoding is given. */
+  readFile(guestPath: string, options?: ReadFileOptions): Promise<Buffer>;
+  readFile(guestPath: string, options: ReadFileOptions & { encoding: BufferEncoding }): Promise<string>;
+  async readFile(guestPath: string, options: ReadFileOptions & { encoding?: BufferEncoding } = {}): Promise<Buffer | string> {
+    const data = await readGuestFile(this, guestPath, options);
+    return options.encoding ? data.toString(options.encoding) : data;
+  }
+
+  /** Writes a guest file atomically (temporary file, chmod/chown, rename); parents are created. */
+  writeFile(guestPath: string, data: string | Uint8Array, options: WriteFileOptions = {}): Promise<void> {
+    return writeGuestFile(this, guestPath, data, options);
+  }
+
+  /**
+   * Forwards a port on 127.0.0.1 of the host to `guestPort` of the guest (added at run time through
+   * QEMU's user network) and returns the host port. Forwarding the same port again returns the same
+   * host port. The guest's service must listen on its network address (or 0.0.0.0), not only on
+   * its own loopback.
+   */
+  forward(guestPort: number, options: { protocol?: 'tcp' | 'udp' } = {}): Promise<number> {
+    const port = expectPositiveInteger('guestPort', guestPort);
+    if (port > 65535) throw new TypeError(`Expected \`guestPort\` to be a port number from 1 to 65535, got ${port}`);
+    const protocol = expectOneOf('protocol', options.protocol ?? 'tcp', ['tcp', 'udp'] as const);
+    const key = `${protocol}:${port}`;
+    const next = this.#forwarding.then(async () => {
+      const known = this.#forwards.get(key);
+      if (known) return known;
+      this.#checkUsable();
+      const qmp = this.#parts.qmp;
+      const before = new Set(parseUsernetForwards(await qmp.hmp('info usernet')).map((f) => `${f.protocol}:${f.hostPort}`));
+      const reply = await qmp.hmp(`hostfwd_add net0 ${protocol}:127.0.0.1:0-:${port}`);
+      if (reply.trim()) throw new QemuError(`QEMU refused to forward ${protocol} port ${port} of guest ${this.name}: ${reply.trim()}`);
+      const added = parseUsernetForwards(await qmp.hmp('info usernet')).find(
+        (f) => f.protocol === protocol && f.guestPort === port && f.hostAddress === '127.0.0.1' && !before.has(`${f.protocol}:${f.hostPort}`),
+      );
+      if (!added) throw new QemuError(`QEMU accepted a forward to ${protocol} port ${port} of guest ${this.name} but does not list it (info usernet)`);
+      this.#forwards.set(key, added.hostPort);
+      return added.hostPort;
+    });
+    this.#forwarding = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Removes a forward made by forward(); the host port is closed. */
+  async unforward(guestPort: number, options: { protocol?: 'tcp' | 'udp' } = {}): Promise<void> {
+    const protocol = options.protocol ?? 'tcp';
+    const key = `${protocol}:${guestPort}`;
+    const next = this.#forwarding.then(async () => {
+      const hostPort = this.#forwards.get(key);
+      if (hostPort === undefined) return;
+      this.#checkUsable();
+      const reply = await this.#parts.qmp.hmp(`hostfwd_remove net0 ${protocol}:127.0.0.1:${hostPort}`);
+      if (!/removed/i.test(reply) && reply.trim()) throw new QemuError(`QEMU could not remove the forward of ${key} in guest ${this.name}: ${reply.trim()}`);
+      this.#forwards.delete(key);
+    });
+    this.#forwarding = next.catch(() => undefined);
+    return next;
+  }
+
+  /** The serial console tail, cloud-init's output and the journal's warnings: what a failed test attaches. */
+  evidence(): Promise<GuestEvidence> {
+    return collectEvidence(this);
+  }
+
+  /**
+   * Hands the running guest over to the user instead of stopping it: it outlives this process, no
+   * sweep removes it, and the returned text says how to get in and how to stop it. Only for guests
+   * started with GUESTLAB_KEEP=on-failure set (otherwise QEMU dies with this process).
+   */
+  async keep(why = 'keep() was called'): Promise<string> {
+    this.#checkUsable();
+    const { qemu, session, qmp, instance, lease } = this.#parts;
+    if (!qemu.keepable) {
+      throw new GuestlabError(`Guest ${this.name} cannot be kept: it was started without GUESTLAB_KEEP=on-failure, so its QEMU dies with this process. Set GUESTLAB_KEEP=on-failure before the guest starts.`);
+    }
+    await markInstanceKept(instance);
+    this.#kept = true;
+    this.#stopping = Promise.resolve();
+    unregisterLive(instance.id);
+    session.close(new GuestStoppedError(this.name));
+    qmp.close();
+    qemu.detach();
+    // A kept guest is the user's now; it no longer counts against this run's budget.
+    await lease?.release();
+    return keepInstructions(this, why);
   }
 
   /** Everything the guest wrote to its serial console so far. */
@@ -203,14 +358,19 @@ export class StartedGuest implements AsyncDisposable {
     return options.cwd === undefined ? command : `cd ${quoteArg(options.cwd)} && ${command}`;
   }
 
-  async #run(command: string, options: ExecOptions): Promise<ExecResult> {
+  #checkUsable(): void {
     if (this.#stopping) throw new GuestStoppedError(this.name);
     if (this.#parts.diskFull) throw this.#parts.diskFull;
+  }
+
+  async #run(command: string, options: ExecOptions): Promise<ExecResult> {
+    this.#checkUsable();
     const started = performance.now();
     const { timeoutMs } = options;
     const raw = await this.#parts.session
       .exec(command, {
         stdin: options.stdin,
+        stdout: options.stdout,
         signal: options.signal,
         timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
       })

@@ -1,6 +1,9 @@
 // An image recipe: what to bootstrap from Debian packages, validated with file:line errors.
+// A recipe may extend another by name; loadRecipe() resolves the chain, parseRecipe() one file.
 import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
 import path from 'node:path';
+import { guestlabPaths } from '../config.ts';
 import { isPlainObject } from '../util/validate.ts';
 import { loadYamlFile, type YamlFile } from '../util/yaml-file.ts';
 
@@ -17,12 +20,16 @@ export interface ImageRecipe {
   name: string;
   /** Where the recipe was read from. */
   source: string;
+  /** The name of the recipe this one extends, already merged in. */
+  parent: string | undefined;
   description: string;
   suite: string;
   mirror: string;
   components: string[];
   kernel: string;
   packages: string[];
+  /** Packages downloaded with their missing dependencies into an apt repository in the image, not installed. */
+  offlinePackages: string[];
   diskSizeGiB: number;
   /** Kernel command line for direct kernel boot, after `root=`. */
   cmdline: string;
@@ -31,26 +38,87 @@ export interface ImageRecipe {
   commands: string[];
 }
 
-const KNOWN_KEYS = ['description', 'suite', 'mirror', 'components', 'kernel', 'packages', 'diskSizeGiB', 'cmdline', 'files', 'commands'];
+const KNOWN_KEYS = [
+  'extends', 'description', 'suite', 'mirror', 'components', 'kernel', 'packages', 'offlinePackages', 'diskSizeGiB',
+  'cmdline', 'files', 'commands',
+];
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
+export const IMAGE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
 
-export async function loadRecipe(file: string): Promise<ImageRecipe> {
-  return parseRecipe(await loadYamlFile(file));
+/** Every recipe name visible from here, first directory wins, with its file. */
+export async function listRecipes(recipeDirs = guestlabPaths().recipeDirs): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
+  for (const dir of recipeDirs) {
+    const entries = await fs.readdir(dir).catch(() => [] as string[]);
+    for (const entry of entries.sort()) {
+      const match = /^(.+)\.ya?ml$/.exec(entry);
+      if (match?.[1] && !found.has(match[1])) found.set(match[1], path.join(dir, entry));
+    }
+  }
+  return found;
 }
 
-export function parseRecipe(yaml: YamlFile): ImageRecipe {
+/** Reads a recipe and, through `extends`, its parents, which are looked up by name in `recipeDirs`. */
+export async function loadRecipe(file: string, recipeDirs = guestlabPaths().recipeDirs): Promise<ImageRecipe> {
+  return loadChain(file, recipeDirs, []);
+}
+
+async function loadChain(file: string, recipeDirs: string[], children: YamlFile[]): Promise<ImageRecipe> {
+  const yaml = await loadYamlFile(file);
+  const parentName = extendsOf(yaml);
+  if (parentName === undefined) return parseRecipe(yaml);
+  const recipes = await listRecipes(recipeDirs);
+  const parentFile = recipes.get(parentName);
+  if (!parentFile) {
+    throw yaml.error(
+      ['extends'],
+      `names "${parentName}", but no recipe of that name is in ${recipeDirs.join(', ')} ` +
+        `(known: ${[...recipes.keys()].join(', ') || 'none'}). Fix the name, or add ${parentName}.yaml to one of those directories.`,
+    );
+  }
+  const chain = [...children, yaml];
+  if (chain.some((link) => path.resolve(link.file) === path.resolve(parentFile))) {
+    const names = [...chain.map((link) => link.file), parentFile].join(' -> ');
+    throw yaml.error(['extends'], `makes a cycle of recipes: ${names}. Remove \`extends\` from one of them.`);
+  }
+  return parseRecipe(yaml, await loadChain(parentFile, recipeDirs, chain));
+}
+
+function extendsOf(yaml: YamlFile): string | undefined {
+  if (!isPlainObject(yaml.data) || yaml.data.extends === undefined) return undefined;
+  const value = yaml.data.extends;
+  if (typeof value !== 'string' || !IMAGE_NAME.test(value)) {
+    throw yaml.error(['extends'], `must be the name of another recipe, such as debian-12, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/**
+ * Validates one recipe file. When it `extends` another recipe, `parent` is that recipe, already
+ * resolved: scalar fields override the parent's, `packages`, `offlinePackages`, `files` and
+ * `commands` append to the parent's, `components` replaces them, `description` is not inherited.
+ */
+export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
   const data = yaml.data;
   if (!isPlainObject(data)) throw yaml.error([], 'must be a mapping of recipe fields (suite, kernel, packages, ...)');
   for (const key of Object.keys(data)) {
     if (!KNOWN_KEYS.includes(key)) throw yaml.error([key], `is not a recipe field; known fields: ${KNOWN_KEYS.join(', ')}`);
   }
-  const str = (key: string, fallback?: string): string => {
-    const value = data[key] ?? fallback;
+  const parentName = extendsOf(yaml);
+  if (parentName !== undefined && parent === undefined) {
+    throw yaml.error(['extends'], `needs the recipe "${parentName}": read this file with loadRecipe(), which finds it in the recipe directories`);
+  }
+  if (parent !== undefined && parent.name !== parentName) {
+    throw new TypeError(`parseRecipe(${yaml.file}) was given the parent "${parent.name}", but the file extends ${JSON.stringify(parentName)}`);
+  }
+  const str = (key: 'suite' | 'mirror' | 'kernel' | 'cmdline', fallback?: string): string => {
+    const value = data[key] ?? parent?.[key] ?? fallback;
     if (typeof value !== 'string' || !value) throw yaml.error([key], `must be a non-empty string, got ${JSON.stringify(value)}`);
     return value;
   };
-  const list = (key: string, fallback: string[], pattern?: RegExp): string[] => {
-    const value = data[key] ?? fallback;
+  const ownList = (key: string, pattern?: RegExp): string[] | undefined => {
+    const value = data[key];
+    if (value === undefined || value === null) return undefined;
     if (!Array.isArray(value)) throw yaml.error([key], 'must be a list of strings');
     return value.map((item, i) => {
       if (typeof item !== 'string' || !item) throw yaml.error([key, i], 'must be a non-empty string');
@@ -58,7 +126,11 @@ export function parseRecipe(yaml: YamlFile): ImageRecipe {
       return item;
     });
   };
-  const diskSizeGiB = data.diskSizeGiB ?? 3;
+  const appended = (key: 'packages' | 'offlinePackages' | 'commands', pattern?: RegExp): string[] => [
+    ...(parent?.[key] ?? []),
+    ...(ownList(key, pattern) ?? []),
+  ];
+  const diskSizeGiB = data.diskSizeGiB ?? parent?.diskSizeGiB ?? 3;
   if (typeof diskSizeGiB !== 'number' || !Number.isInteger(diskSizeGiB) || diskSizeGiB < 1 || diskSizeGiB > 1024) {
     throw yaml.error(['diskSizeGiB'], `must be a whole number of GiB from 1 to 1024, got ${JSON.stringify(diskSizeGiB)}`);
   }
@@ -74,27 +146,44 @@ export function parseRecipe(yaml: YamlFile): ImageRecipe {
     if (!/^0?[0-7]{3,4}$/.test(modeText)) throw yaml.error(['files', i, 'mode'], `must be an octal mode such as "0644", got ${modeText}`);
     return { path: entry.path, content: entry.content, mode: parseInt(modeText, 8) };
   });
+  const packages = appended('packages', PACKAGE_NAME);
+  const offlinePackages = appended('offlinePackages', PACKAGE_NAME);
+  // An installed package needs no offline copy, and a parent's offline package installed by a child is a mix-up.
+  const clash = (key: 'packages' | 'offlinePackages', other: string[]) =>
+    (ownList(key) ?? []).forEach((name, i) => {
+      if (other.includes(name)) {
+        throw yaml.error([key, i], `"${name}" is in both \`packages\` and \`offlinePackages\` (with the parent's); keep it in one of the two`);
+      }
+    });
+  clash('offlinePackages', packages);
+  clash('packages', offlinePackages);
+  // The key order is part of recipeHash(): new fields go where they leave older digests unchanged.
   return {
     name: path.basename(yaml.file).replace(/\.ya?ml$/, ''),
     source: yaml.file,
+    parent: parentName,
     description: typeof data.description === 'string' ? data.description : '',
     suite: str('suite'),
     mirror: str('mirror', 'http://deb.debian.org/debian'),
-    components: list('components', ['main']),
+    components: ownList('components') ?? parent?.components ?? ['main'],
     kernel: str('kernel'),
-    packages: list('packages', [], PACKAGE_NAME),
+    packages,
+    offlinePackages,
     diskSizeGiB,
     cmdline: str('cmdline', 'console=ttyS0'),
-    files,
-    commands: list('commands', []),
+    files: [...(parent?.files ?? []), ...files],
+    commands: appended('commands'),
   };
 }
 
 /**
- * A digest of everything that changes the built image. Not the file's location, its description,
- * nor the kernel command line, which is read from the recipe at every boot.
+ * A digest of everything that changes the built image, after inheritance. Not the file's location,
+ * its parent's name, its description, nor the kernel command line, which is read from the recipe
+ * at every boot. `offlinePackages` counts only when set, so recipes without it keep the digest
+ * (and the cached image) they had before the field existed.
  */
 export function recipeHash(recipe: ImageRecipe): string {
-  const { source: _source, description: _description, cmdline: _cmdline, ...content } = recipe;
-  return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...content })).digest('hex');
+  const { source: _source, parent: _parent, description: _description, cmdline: _cmdline, offlinePackages, ...content } = recipe;
+  const digested = offlinePackages.length ? { ...content, offlinePackages } : content;
+  return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...digested })).digest('hex');
 }

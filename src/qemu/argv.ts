@@ -61,10 +61,24 @@ export function buildQemuArgv(config: QemuConfig): string[] {
 }
 
 /** The host port of the SSH forward, from HMP `info usernet`. */
-export function parseUsernetForward(infoUsernet: string, guestPort: number): number | undefined {
+export interface UsernetForward {
+  protocol: 'tcp' | 'udp';
+  hostAddress: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+/** The host forwards in HMP `info usernet` output. */
+export function parseUsernetForwards(infoUsernet: string): UsernetForward[] {
+  const forwards: UsernetForward[] = [];
   for (const line of infoUsernet.split(/\r?\n/)) {
-    const m = /TCP\[HOST_FORWARD\]\s+\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)/.exec(line);
-    if (m && Number(m[3]) === guestPort) return Number(m[2]);
+    const m = /(TCP|UDP)\[HOST_FORWARD\]\s+-?\d+\s+(\S+)\s+(\d+)\s+\S+\s+(\d+)/.exec(line);
+    if (m) forwards.push({ protocol: m[1] === 'TCP' ? 'tcp' : 'udp', hostAddress: m[2]!, hostPort: Number(m[3]), guestPort: Number(m[4]) });
   }
-  return undefined;
+  return forwards;
+}
+
+/** The host port of the first TCP forward to guestPort. */
+export function parseUsernetForward(infoUsernet: string, guestPort: number): number | undefined {
+  return parseUsernetForwards(infoUsernet).find((f) => f.protocol === 'tcp' && f.guestPort === guestPort)?.hostPort;
 }

@@ -1,7 +1,9 @@
 // Launching and ending QEMU. The only place that spawns it. Each QEMU is tied to the process that
 // started it through a parent-death signal, so a crashed or SIGKILLed test runner takes its guests
-// with it.
-import { execa, type ResultPromise } from 'execa';
+// with it; except a keepable QEMU (GUESTLAB_KEEP), which runs in its own session so that it can
+// outlive the test run, and is reaped by the next sweep unless it was kept.
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { QemuError, tailLines } from '../errors.ts';
 import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
 import type { Logger } from '../log.ts';
@@ -19,56 +21,76 @@ export interface QemuProcess {
   /** The last lines QEMU wrote to stdout/stderr. */
   outputTail(lines?: number): string;
   kill(signal?: NodeJS.Signals): void;
+  /** Started to be able to outlive this process (GUESTLAB_KEEP). */
+  readonly keepable: boolean;
+  /** Let this process exit while QEMU runs on (keepable QEMUs only). */
+  detach(): void;
 }
 
-export async function launchQemu(argv: string[], log: Logger): Promise<QemuProcess> {
+export interface LaunchOptions {
+  /** QEMU's stdout and stderr go to this file. */
+  outputFile: string;
+  /** Run in a session of its own without a parent-death signal, so that the guest can be kept. */
+  keepable?: boolean;
+}
+
+export async function launchQemu(argv: string[], log: Logger, options: LaunchOptions): Promise<QemuProcess> {
   const host = await probeHost();
   const qemu = requireTool(host.qemu, DEBIAN_PACKAGES.qemu, 'to run guests');
-  const [file, args] = host.setpriv.path
+  const keepable = options.keepable ?? false;
+  const [file, args] = host.setpriv.path && !keepable
     ? [host.setpriv.path, ['--pdeathsig', 'KILL', '--', qemu, ...argv]]
     : [qemu, argv];
   if (!host.setpriv.path) log.warn('setpriv (util-linux) not found: QEMU will not die with its parent if this process is killed');
   log.debug(`exec ${qemu} ${argv.join(' ')}`);
 
-  let output = '';
-  const subprocess: ResultPromise = execa(file, args, {
-    reject: false,
-    buffer: false,
-    stdin: 'ignore',
-    stdout: 'pipe',
-    stderr: 'pipe',
-    cleanup: true,
-  });
-  const keep = (chunk: Buffer) => {
-    output = (output + chunk.toString('utf8')).slice(-16_384);
-  };
-  subprocess.stdout?.on('data', keep);
-  subprocess.stderr?.on('data', keep);
-  const pid = subprocess.pid;
-  if (pid === undefined) {
-    const result = await subprocess;
-    throw new QemuError(`QEMU could not be started: ${result.message ?? 'unknown error'}`);
+  // A file rather than a pipe: a kept QEMU must not lose its stderr when this process exits.
+  // node:child_process rather than execa: QEMU's output goes straight to that file, and a kept
+  // QEMU needs detached + unref().
+  const outputFd = openSync(options.outputFile, 'a', 0o600);
+  let child: ChildProcess;
+  try {
+    child = spawn(file, args, { stdio: ['ignore', outputFd, outputFd], detached: keepable });
+  } finally {
+    closeSync(outputFd);
   }
+  const outputTail = (lines = 20) => {
+    try {
+      return tailLines(readFileSync(options.outputFile, 'utf8').slice(-16_384), lines);
+    } catch {
+      return '';
+    }
+  };
   let hasExited = false;
-  const exited = subprocess.then(
-    (result) => {
+  const exited = new Promise<QemuExit>((resolve) => {
+    child.once('exit', (code, signal) => {
       hasExited = true;
-      return { exitCode: result.exitCode, signal: result.signal };
-    },
-    () => {
+      resolve({ exitCode: code ?? undefined, signal: signal ?? undefined });
+    });
+    child.once('error', () => {
       hasExited = true;
-      return { exitCode: undefined, signal: undefined };
-    },
-  );
+      resolve({ exitCode: undefined, signal: undefined });
+    });
+  });
+  const pid = child.pid;
+  if (pid === undefined) {
+    const error = await new Promise<Error>((resolve) => child.once('error', resolve));
+    throw new QemuError(`QEMU could not be started (${file}): ${error.message}`);
+  }
   return {
     pid,
     exited,
     get hasExited() {
       return hasExited;
     },
-    outputTail: (lines = 20) => tailLines(output, lines),
+    outputTail,
+    keepable,
     kill: (signal = 'SIGKILL') => {
-      if (!hasExited) subprocess.kill(signal);
+      if (!hasExited) child.kill(signal);
+    },
+    detach: () => {
+      if (!keepable) throw new Error('Only a keepable QEMU can be detached');
+      child.unref();
     },
   };
 }

@@ -15,6 +15,17 @@ export interface OwnerRecord {
   instanceId: string;
   owner: ProcessIdentity;
   createdAt: string;
+  /** Set when the guest was kept for debugging (GUESTLAB_KEEP): the sweep leaves it alone. */
+  keptAt?: string;
+}
+
+export async function readOwnerRecord(dir: string): Promise<OwnerRecord | undefined> {
+  const text = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8').catch(() => undefined);
+  try {
+    return text ? (JSON.parse(text) as OwnerRecord) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The tag QEMU carries in its command line (as an SMBIOS OEM string). */
@@ -36,25 +47,34 @@ export interface SweepReport {
   leases: LeaseRecord[];
 }
 
-/** Pids of QEMU processes tagged by guestlab whose owner is dead. */
-async function orphanedQemus(): Promise<{ pid: number; instanceId: string }[]> {
-  const found: { pid: number; instanceId: string }[] = [];
+/** QEMU processes tagged by guestlab, with their instance and owner. */
+export async function taggedQemus(): Promise<{ pid: number; instanceId: string; owner: ProcessIdentity }[]> {
+  const found: { pid: number; instanceId: string; owner: ProcessIdentity }[] = [];
   for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
     const cmdline = processCmdline(Number(entry));
     if (!cmdline?.[0]?.includes('qemu-system')) continue;
     const tag = parseQemuTag(cmdline);
-    if (tag && !isAlive(tag.owner)) found.push({ pid: Number(entry), instanceId: tag.instanceId });
+    if (tag) found.push({ pid: Number(entry), ...tag });
   }
   return found;
 }
 
-export async function sweep(options: { log?: Logger; instancesDir?: string } = {}): Promise<SweepReport> {
+export interface SweepOptions {
+  log?: Logger;
+  instancesDir?: string;
+  /** Also end guests kept for debugging (GUESTLAB_KEEP). */
+  includeKept?: boolean;
+}
+
+export async function sweep(options: SweepOptions = {}): Promise<SweepReport> {
   const log = options.log ?? rootLog;
   const instancesDir = options.instancesDir ?? guestlabPaths().instancesDir;
   const report: SweepReport = { instanceDirs: [], killedPids: [], leases: [] };
+  const isKept = async (instanceId: string) => !options.includeKept && (await readOwnerRecord(path.join(instancesDir, instanceId)))?.keptAt !== undefined;
 
-  for (const { pid, instanceId } of await orphanedQemus()) {
+  for (const { pid, instanceId, owner } of await taggedQemus()) {
+    if (isAlive(owner) || (await isKept(instanceId))) continue;
     try {
       process.kill(pid, 'SIGKILL');
       report.killedPids.push(pid);
@@ -66,14 +86,8 @@ export async function sweep(options: { log?: Logger; instancesDir?: string } = {
 
   for (const entry of await fs.readdir(instancesDir).catch(() => [] as string[])) {
     const dir = path.join(instancesDir, entry);
-    const text = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8').catch(() => undefined);
-    let owner: OwnerRecord | undefined;
-    try {
-      owner = text ? (JSON.parse(text) as OwnerRecord) : undefined;
-    } catch {
-      owner = undefined;
-    }
-    if (owner && isAlive(owner.owner)) continue;
+    const owner = await readOwnerRecord(dir);
+    if (owner && (isAlive(owner.owner) || (owner.keptAt !== undefined && !options.includeKept))) continue;
     if (!owner) {
       // No owner record: either being created this instant or torn. Leave young ones alone.
       const stat = await fs.stat(dir).catch(() => undefined);

@@ -1,6 +1,8 @@
 // One SSH connection per guest (ssh2), with the guest's host key pinned. The only module that
 // imports ssh2's Client. Commands run as separate channels on the shared connection.
 import type net from 'node:net';
+import { finished } from 'node:stream/promises';
+import type { Readable, Writable } from 'node:stream';
 import { Client, type ClientChannel } from 'ssh2';
 import { AbortedError, HostKeyMismatchError, SshError } from '../errors.ts';
 import { fingerprint, publicKeyBlob } from './keys.ts';
@@ -15,7 +17,10 @@ export interface SshEndpoint {
 }
 
 export interface RawExecOptions {
-  stdin?: string | Uint8Array | undefined;
+  /** Fed to the command's stdin, which is closed afterwards. A stream is piped with backpressure. */
+  stdin?: string | Uint8Array | Readable | undefined;
+  /** Where the command's stdout goes instead of the result's buffer (ended when the command ends). */
+  stdout?: Writable | undefined;
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
 }
@@ -165,7 +170,14 @@ export class SshSession {
         const timer = options.timeoutMs ? setTimeout(() => abandon({ timedOut: true }), options.timeoutMs) : undefined;
         const onAbort = () => abandon({ error: new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }) });
         options.signal?.addEventListener('abort', onAbort, { once: true });
-        channel.on('data', (chunk: Buffer) => stdout.push(chunk));
+        // A stdout stream gets the data with backpressure; the command counts as done once the
+        // stream has taken all of it.
+        const stdoutDone = options.stdout
+          ? finished(channel.pipe(options.stdout)).catch((error: unknown) => {
+              abandon({ error: new SshError(`Writing the output of ${command} failed: ${(error as Error).message}`, { cause: error }) });
+            })
+          : Promise.resolve();
+        if (!options.stdout) channel.on('data', (chunk: Buffer) => stdout.push(chunk));
         channel.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
         channel.on('exit', (code: number | null, signalName?: string) => {
           if (typeof code === 'number') exitCode = code;
@@ -176,11 +188,16 @@ export class SshSession {
           if (exitCode === undefined && exitSignal === undefined && lost) {
             settle({ error: new SshError(`The command ended without an exit status: ${lost}: ${command}`) });
           } else {
-            settle({ timedOut: false });
+            void stdoutDone.then(() => settle({ timedOut: false }));
           }
         });
-        if (options.stdin !== undefined) channel.end(options.stdin);
-        else channel.end();
+        const { stdin } = options;
+        if (stdin === undefined) channel.end();
+        else if (typeof stdin === 'string' || stdin instanceof Uint8Array) channel.end(stdin);
+        else {
+          stdin.once('error', (error) => abandon({ error: new SshError(`Reading the input of ${command} failed: ${error.message}`, { cause: error }) }));
+          stdin.pipe(channel);
+        }
       });
     });
   }

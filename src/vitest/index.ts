@@ -1,8 +1,14 @@
-// The public API of 'guestlab/vitest': guest fixtures for test.extend().
+// The public API of 'guestlab/vitest': guest fixtures for test.extend(), failure evidence attached
+// to failed tests, GUESTLAB_KEEP=on-failure, and the guest matchers (registered on import).
+import { afterEach, type TestAttachment, type TestContext } from 'vitest';
+import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
+import { keepMode } from '../guest/keep.ts';
 import { startGuest } from '../guest/start.ts';
 import type { GuestSpec } from '../guest/spec.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
+import { log } from '../log.ts';
 import { expectOneOf } from '../util/validate.ts';
+import './matchers.ts';
 
 export type GuestFixtureScope = 'test' | 'file' | 'worker';
 
@@ -11,29 +17,109 @@ export interface GuestFixtureOptions {
   scope?: GuestFixtureScope;
 }
 
-export type GuestFixtureFn = (context: { signal?: AbortSignal }, use: (guest: StartedGuest) => Promise<void>) => Promise<void>;
+type FixtureContext = Partial<Pick<TestContext, 'signal' | 'task' | 'annotate'>>;
+export type GuestFixtureFn = (context: FixtureContext, use: (guest: StartedGuest) => Promise<void>) => Promise<void>;
+
+/** What guestlab records in `task.meta.guestlab` of a test that used a guest (JSON reporter). */
+export interface GuestTestMeta {
+  guests: { name: string; image: string; accel: string; bootMs: number; instanceId: string; evidence?: GuestEvidence; kept?: string }[];
+}
 
 /**
  * A fixture that boots a guest for `test.extend`:
  *   const test = base.extend({ vm: guestFixture({ image: 'debian-12' }) })
- * The guest is stopped at the end of its scope, whether the tests passed or not.
+ * The guest is stopped at the end of its scope, whether the tests passed or not. When a test that
+ * used it fails, the guest's evidence (serial console, cloud-init output, journal warnings) is
+ * attached to that test; with GUESTLAB_KEEP=on-failure the guest is kept running instead of stopped.
  * A string names a spec in fixtures/NAME.yaml.
  */
 export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOptions = {}): [GuestFixtureFn, { scope: GuestFixtureScope }] {
   const scope = options.scope === undefined ? 'file' : expectOneOf('scope', options.scope, ['test', 'file', 'worker'] as const);
-  const run = async (signal: AbortSignal | undefined, use: (guest: StartedGuest) => Promise<void>) => {
-    const guest = await startGuest(spec, signal ? { signal } : {});
+  keepMode(); // a bad GUESTLAB_KEEP fails at collection, not after the first failure
+  let current: StartedGuest | undefined;
+  let failedTest: string | undefined;
+
+  // A shared (file or worker) guest learns of failures from an afterEach hook on the suite that
+  // declares the fixture; a test-scoped guest sees its own test's result directly.
+  if (scope !== 'test') {
+    try {
+      afterEach(async (context) => {
+        if (current && !current.stopped && context.task.result?.state === 'fail') {
+          failedTest ??= context.task.name;
+          await reportFailure(current, context);
+        }
+      });
+    } catch {
+      // Not called while a test file is collected (e.g. from a config): no per-test evidence.
+    }
+  }
+
+  const run = async (context: FixtureContext, use: (guest: StartedGuest) => Promise<void>) => {
+    const guest = await startGuest(spec, context.signal ? { signal: context.signal } : {});
+    current = guest;
     try {
       await use(guest);
+      if (scope === 'test' && context.task?.result?.state === 'fail' && context.task && context.annotate) {
+        failedTest = context.task.name;
+        await reportFailure(guest, context as TestContext);
+      }
     } finally {
-      await guest.stop();
+      current = undefined;
+      await finish(guest, failedTest);
     }
   };
   // Vitest reads the first parameter's destructuring pattern to learn what a fixture uses. A
-  // test-scoped guest takes the test's `signal`, so a test that times out or is cancelled stops
-  // its boot at once; file and worker scopes have no such signal and use nothing.
-  const fixture: GuestFixtureFn = scope === 'test' ? async ({ signal }, use) => run(signal, use) : async ({}, use) => run(undefined, use);
+  // test-scoped guest takes the test's `signal` (a test that times out stops its boot at once),
+  // `task` and `annotate`; file and worker scopes have no test of their own and use nothing.
+  const fixture: GuestFixtureFn =
+    scope === 'test' ? async ({ signal, task, annotate }, use) => run({ signal, task, annotate }, use) : async ({}, use) => run({}, use);
   return [fixture, { scope }];
 }
 
-export type { StartedGuest, GuestSpec };
+/** Stops the guest, or keeps it after a failure when GUESTLAB_KEEP=on-failure. */
+async function finish(guest: StartedGuest, failedTest: string | undefined): Promise<void> {
+  if (failedTest !== undefined && keepMode() === 'on-failure' && !guest.stopped) {
+    try {
+      // stderr, not the logger: this is for the person at the terminal whatever GUESTLAB_DEBUG says.
+      process.stderr.write(`${await guest.keep(`test "${failedTest}" failed`)}\n`);
+      return;
+    } catch (error) {
+      log.warn(`could not keep guest ${guest.name}: ${(error as Error).message}`);
+    }
+  }
+  await guest.stop();
+}
+
+/** Attaches the guest's evidence to a failed test: annotations (default and JUnit reporters) and task.meta (JSON). */
+async function reportFailure(guest: StartedGuest, context: TestContext): Promise<void> {
+  const evidence = await guest.evidence();
+  const meta = context.task.meta as { guestlab?: GuestTestMeta };
+  meta.guestlab ??= { guests: [] };
+  meta.guestlab.guests.push({ name: guest.name, image: guest.image, accel: guest.accel, bootMs: guest.timings.cloudInitDoneMs, instanceId: guest.instanceId, evidence });
+  const text = formatEvidence(evidence);
+  await annotateFailedTest(context, `guest ${guest.name} evidence\n${text}`, 'guestlab:evidence', { contentType: 'text/plain', body: text, bodyEncoding: 'utf-8' });
+}
+
+/**
+ * Vitest refuses annotate() once a test's state has left "run", yet evidence of a failure can only
+ * be gathered after the failure. The state is set back to "run" for the synchronous check only; if
+ * a Vitest version refuses anyway, the evidence goes to the test's stderr instead.
+ */
+async function annotateFailedTest(context: TestContext, message: string, type: string, attachment: TestAttachment): Promise<void> {
+  const result = context.task.result as { state: string } | undefined;
+  const state = result?.state;
+  let pending: Promise<unknown>;
+  try {
+    if (result) result.state = 'run';
+    pending = context.annotate(message, type, attachment);
+  } catch (error) {
+    pending = Promise.reject(error as Error);
+  } finally {
+    if (result && state !== undefined) result.state = state;
+  }
+  await pending.catch(() => {
+    process.stderr.write(`${message}\n`);
+  });
+}
+
+export type { StartedGuest, GuestSpec, GuestEvidence };
