@@ -16,7 +16,12 @@ import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFil
 import { markInstanceKept, type InstanceDir } from './instance.ts';
 import { keepInstructions } from './keep.ts';
 import { unregisterLive } from './registry.ts';
-import { pollUntil, timeoutScale, type WaitOptions } from './waits.ts';
+import { pollUntil, timeoutScale, WaitTimeoutError, type WaitOptions } from './waits.ts';
+import { describeUnitState, unitDiagnostics, unitState, type UnitState } from '../inspect/units.ts';
+import { formatSocket, listeningSockets, type ListeningSocket } from '../inspect/sockets.ts';
+import { fileInfo, type FileInfo } from '../inspect/files.ts';
+import { packageInfo, type PackageInfo } from '../inspect/packages.ts';
+import { userInfo, type UserInfo } from '../inspect/users.ts';
 
 export interface ExecOptions {
   /** Bytes, text or a stream fed to the command's standard input (closed afterwards). */
@@ -88,6 +93,20 @@ export interface GuestParts {
   timings: BootTimings;
   /** How long the guest waited for room in the host-wide CPU/memory budget. */
   leaseWaitMs: number;
+}
+
+/** A unit waited for entered the failed state (systemd) or crashed (OpenRC). */
+export class UnitFailedError extends GuestlabError {
+  override name = 'UnitFailedError';
+  readonly unit: string;
+  readonly state: UnitState;
+  readonly diagnostics: string;
+  constructor(guest: string, unit: string, state: UnitState, diagnostics: string) {
+    super(`Guest ${guest}: unit ${unit} failed (${describeUnitState(state)}).\n${diagnostics}`, { code: 'ERR_UNIT_FAILED' });
+    this.unit = unit;
+    this.state = state;
+    this.diagnostics = diagnostics;
+  }
 }
 
 export class DiskFullError extends GuestlabError {
@@ -189,6 +208,60 @@ export class StartedGuest implements AsyncDisposable {
     return result.stdout;
   }
 
+  /**
+   * Waits until a systemd unit (or OpenRC service) is active. A unit that fails meanwhile ends the
+   * wait at once with UnitFailedError, carrying its status and journal tail.
+   */
+  async waitForUnit(name: string, options: WaitOptions = {}): Promise<UnitState> {
+    try {
+      return await pollUntil(this, `unit ${name} to be active`, options, async () => {
+        const state = await this.unitState(name);
+        if (state.active) return { done: true, value: state };
+        if (state.state === 'failed' || state.state === 'crashed') throw new UnitFailedError(this.name, name, state, await unitDiagnostics(this, name));
+        return { done: false, seen: state.loaded ? describeUnitState(state) : `unit ${name} is not loaded (${describeUnitState(state)})` };
+      });
+    } catch (error) {
+      if (!(error instanceof WaitTimeoutError)) throw error;
+      throw new WaitTimeoutError(this.name, `unit ${name} to be active`, error.timeoutMs, `${error.lastSeen}\n${await unitDiagnostics(this, name)}`);
+    }
+  }
+
+  /** Waits until something in the guest listens on `port` (TCP by default), on any address. */
+  async waitForPort(port: number, options: WaitOptions & { protocol?: 'tcp' | 'udp' } = {}): Promise<ListeningSocket> {
+    expectPositiveInteger('port', port);
+    const protocol = expectOneOf('protocol', options.protocol ?? 'tcp', ['tcp', 'udp'] as const);
+    return pollUntil(this, `${protocol} port ${port} to listen`, options, async () => {
+      const sockets = await this.listeningSockets();
+      const found = sockets.find((socket) => socket.port === port && socket.protocol === protocol);
+      return found ? { done: true, value: found } : { done: false, seen: `listening: ${sockets.map(formatSocket).join(', ') || 'nothing'}` };
+    });
+  }
+
+  /** A systemd unit's (or OpenRC service's) state. */
+  unitState(name: string): Promise<UnitState> {
+    return unitState(this, name);
+  }
+
+  /** Sockets listening in the guest (ss, or netstat where there is no ss). */
+  listeningSockets(): Promise<ListeningSocket[]> {
+    return listeningSockets(this);
+  }
+
+  /** Type, mode, owner, group and size of a guest path (looked at as root; a symlink itself, not its target). */
+  fileInfo(guestPath: string): Promise<FileInfo> {
+    return fileInfo(this, guestPath);
+  }
+
+  /** Whether a package is installed and its version, from dpkg, rpm or apk, whichever the guest has. */
+  packageInfo(name: string): Promise<PackageInfo> {
+    return packageInfo(this, name);
+  }
+
+  /** A user's passwd entry and groups. */
+  userInfo(name: string): Promise<UserInfo> {
+    return userInfo(this, name);
+  }
+
   /** Waits until `path` exists in the guest (as root, so any path can be checked). */
   async waitForFile(guestPath: string, options: WaitOptions = {}): Promise<void> {
     if (typeof guestPath !== 'string' || !guestPath) throw new TypeError(`Expected \`path\` to be a path in the guest, got ${describeValue(guestPath)}`);
@@ -255,7 +328,7 @@ export class StartedGuest implements AsyncDisposable {
    * host port. The guest's service must listen on its network address (or 0.0.0.0), not only on
    * its own loopback.
    */
-  forward(guestPort: number, options: { protocol?: 'tcp' | 'udp' } = {}): Promise<number> {
+  async forward(guestPort: number, options: { protocol?: 'tcp' | 'udp' } = {}): Promise<number> {
     const port = expectPositiveInteger('guestPort', guestPort);
     if (port > 65535) throw new TypeError(`Expected \`guestPort\` to be a port number from 1 to 65535, got ${port}`);
     const protocol = expectOneOf('protocol', options.protocol ?? 'tcp', ['tcp', 'udp'] as const);

@@ -171,9 +171,9 @@ export class SshSession {
         const onAbort = () => abandon({ error: new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }) });
         options.signal?.addEventListener('abort', onAbort, { once: true });
         // A stdout stream gets the data with backpressure; the command counts as done once the
-        // stream has taken all of it.
+        // stream has taken all of it (its writable side only: a pipe to a child is a Duplex).
         const stdoutDone = options.stdout
-          ? finished(channel.pipe(options.stdout)).catch((error: unknown) => {
+          ? finished(channel.pipe(options.stdout), { readable: false }).catch((error: unknown) => {
               abandon({ error: new SshError(`Writing the output of ${command} failed: ${(error as Error).message}`, { cause: error }) });
             })
           : Promise.resolve();

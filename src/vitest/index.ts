@@ -43,10 +43,10 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   // declares the fixture; a test-scoped guest sees its own test's result directly.
   if (scope !== 'test') {
     try {
-      afterEach(async (context) => {
-        if (current && !current.stopped && context.task.result?.state === 'fail') {
-          failedTest ??= context.task.name;
-          await reportFailure(current, context);
+      afterEach(async ({ task, annotate }) => {
+        if (current && !current.stopped && task.result?.state === 'fail') {
+          failedTest ??= task.name;
+          await reportFailure(current, { task, annotate });
         }
       });
     } catch {
@@ -59,9 +59,10 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
     current = guest;
     try {
       await use(guest);
-      if (scope === 'test' && context.task?.result?.state === 'fail' && context.task && context.annotate) {
-        failedTest = context.task.name;
-        await reportFailure(guest, context as TestContext);
+      const { task, annotate } = context;
+      if (scope === 'test' && task?.result?.state === 'fail' && annotate) {
+        failedTest = task.name;
+        await reportFailure(guest, { task, annotate });
       }
     } finally {
       current = undefined;
@@ -91,7 +92,7 @@ async function finish(guest: StartedGuest, failedTest: string | undefined): Prom
 }
 
 /** Attaches the guest's evidence to a failed test: annotations (default and JUnit reporters) and task.meta (JSON). */
-async function reportFailure(guest: StartedGuest, context: TestContext): Promise<void> {
+async function reportFailure(guest: StartedGuest, context: Pick<TestContext, 'task' | 'annotate'>): Promise<void> {
   const evidence = await guest.evidence();
   const meta = context.task.meta as { guestlab?: GuestTestMeta };
   meta.guestlab ??= { guests: [] };
@@ -105,7 +106,7 @@ async function reportFailure(guest: StartedGuest, context: TestContext): Promise
  * be gathered after the failure. The state is set back to "run" for the synchronous check only; if
  * a Vitest version refuses anyway, the evidence goes to the test's stderr instead.
  */
-async function annotateFailedTest(context: TestContext, message: string, type: string, attachment: TestAttachment): Promise<void> {
+async function annotateFailedTest(context: Pick<TestContext, 'task' | 'annotate'>, message: string, type: string, attachment: TestAttachment): Promise<void> {
   const result = context.task.result as { state: string } | undefined;
   const state = result?.state;
   let pending: Promise<unknown>;

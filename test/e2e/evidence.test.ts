@@ -1,0 +1,70 @@
+// Runs the deliberately failing example (test/examples/failing/evidence.test.ts) in a real vitest
+// with the default, JSON and JUnit reporters and GUESTLAB_KEEP=on-failure, then reads the reports:
+// the guest's console, cloud-init output and journal warnings are attached to the failed test, and
+// the guest is kept running with the commands to get in and to stop it, which are then used.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { execa } from 'execa';
+import { expect, test } from 'vitest';
+import { createSuite, plain, qemuPidsMentioning } from './helpers.ts';
+
+const EXAMPLE = 'test/examples/failing/evidence.test.ts';
+
+test('a failed guest test carries its evidence in every report, and GUESTLAB_KEEP=on-failure keeps the guest', async () => {
+  const suite = await createSuite({ 'evidence.test.ts': await fs.readFile(EXAMPLE, 'utf8') });
+  const cli = (args: string[]) => execa('node', ['bin/guestlab.js', ...args], { reject: false, all: true, env: suite.env });
+  try {
+    const run = await suite.run(
+      ['--reporter=default', '--reporter=json', '--outputFile.json=report.json', '--reporter=junit', '--outputFile.junit=junit.xml'],
+      { GUESTLAB_KEEP: 'on-failure' },
+    );
+    const output = plain(run.all);
+    expect(run.exitCode, output).toBe(1);
+
+    // The default reporter prints the annotation under the failed test.
+    expect(output).toContain('the daemon is running (fails on purpose: it exits at start)');
+    expect(output).toMatch(/to have flaky-daemon\.service active, but it is not \(ActiveState=failed/);
+    expect(output).toContain('guestlab:evidence');
+    expect(output).toMatch(/--- serial console \(last 60 lines\) ---/);
+    expect(output).toMatch(/--- journal, priority warning and worse \(last 40 lines\) ---\n(.*\n)*.*Failed to start flaky-daemon\.service/);
+    expect(output).toMatch(/--- \/var\/log\/cloud-init-output\.log \(last 40 lines\) ---\n(.*\n)*.*Cloud-init v\. \S+ finished/);
+
+    // The JSON report carries it in meta.guestlab, the JUnit report as a property of the test case.
+    const report = JSON.parse(await fs.readFile(path.join(suite.dir, 'report.json'), 'utf8'));
+    const [result] = report.testResults[0].assertionResults;
+    expect(result.status).toBe('failed');
+    const [guest] = result.meta.guestlab.guests;
+    expect(guest).toMatchObject({ name: 'evidence', image: 'debian-12', accel: expect.stringMatching(/^(kvm|tcg)$/) });
+    expect(guest.bootMs).toBeGreaterThan(0);
+    expect(guest.evidence.console.split('\n').length).toBeGreaterThan(10);
+    expect(guest.evidence.journal).toContain('Failed to start flaky-daemon.service');
+    const junit = await fs.readFile(path.join(suite.dir, 'junit.xml'), 'utf8');
+    expect(junit).toMatch(/<property name="guestlab:evidence" value="guest evidence evidence[^"]*Failed to start flaky-daemon\.service/);
+
+    // Kept: the instructions name the instance; the guest is still up, outside the budget.
+    const kept = /kept guest evidence \(instance (evidence-[0-9a-f]+)\) running because test "the daemon is running[^"]*" failed/.exec(output);
+    expect(kept, output).not.toBeNull();
+    const id = kept![1]!;
+    expect(output).toMatch(new RegExp(`get in:  ssh -i \\S+/${id}/id_ed25519 -o IdentitiesOnly=yes -o UserKnownHostsFile=\\S+/${id}/known_hosts -o StrictHostKeyChecking=yes -p \\d+ guestlab@127\\.0\\.0\\.1`));
+    expect(output).toContain(`npx guestlab ssh ${id}`);
+    expect(output).toContain(`npx guestlab stop ${id}`);
+    expect(await qemuPidsMentioning(suite.instancesDir)).toHaveLength(1);
+    expect(await fs.readdir(path.join(suite.budgetDir, 'leases'))).toEqual([]);
+
+    const ps = await cli(['ps']);
+    expect(ps.all).toMatch(new RegExp(`${id} .* kept`));
+    // A later sweep (any guestlab start, or gc without --kept) leaves a kept guest alone.
+    expect((await cli(['gc'])).all).toContain('Nothing to remove');
+    const ssh = await cli(['ssh', id, '--', 'systemctl', 'is-failed', 'flaky-daemon.service']);
+    expect(ssh.all?.trim()).toBe('failed');
+
+    const stop = await cli(['stop', id]);
+    expect(stop.exitCode, stop.all).toBe(0);
+    expect(stop.all).toContain(`stopped guest evidence (instance ${id}`);
+    expect(await qemuPidsMentioning(suite.instancesDir)).toEqual([]);
+    expect(await fs.readdir(suite.instancesDir)).toEqual([]);
+  } finally {
+    await cli(['gc', '--kept']);
+    await suite.cleanup();
+  }
+});
