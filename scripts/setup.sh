@@ -37,11 +37,11 @@ echo "node $(node --version)"
 step "host check"
 node bin/guestlab.js doctor
 
-step "image debian-12 (built from Debian packages once, then cached)"
+step "images debian-12 and debian-12-web (built from Debian packages once, then cached)"
 # Building needs root; the cache stays the invoking user's, so that tests find the image.
 cache="${GUESTLAB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/guestlab}"
 mkdir -p "$cache"
-as_root env PATH="$PATH" GUESTLAB_CACHE_DIR="$cache" node bin/guestlab.js image build debian-12
+as_root env PATH="$PATH" GUESTLAB_CACHE_DIR="$cache" node bin/guestlab.js image build debian-12 debian-12-web
 
 if [ "$run_example" = 1 ]; then
   step "example suite"

@@ -1,6 +1,10 @@
 // The public API of 'guestlab'. Nothing else is exported.
 export { startGuest, type StartOptions } from './guest/start.ts';
-export { StartedGuest, type ExecOptions, type ExecResult, type SshInfo, type BootTimings } from './guest/started-guest.ts';
+export { StartedGuest, UnitFailedError, DiskFullError, type ExecOptions, type ExecResult, type SshInfo, type BootTimings } from './guest/started-guest.ts';
+export { WaitTimeoutError, type WaitOptions } from './guest/waits.ts';
+export type { WriteFileOptions, ReadFileOptions } from './guest/files.ts';
+export type { GuestEvidence } from './guest/evidence.ts';
+export { InspectError, type FileInfo, type FileType, type PackageInfo, type UnitState, type UserInfo, type ListeningSocket } from './inspect/index.ts';
 export { loadFixture, type GuestSpec } from './guest/spec.ts';
 export {
   GuestlabError,

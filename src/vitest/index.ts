@@ -8,7 +8,7 @@ import type { GuestSpec } from '../guest/spec.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
 import { expectOneOf } from '../util/validate.ts';
-import './matchers.ts';
+export { registerGuestMatchers, type HaveFileOptions, type HavePackageOptions, type HaveUserOptions, type ListenOnOptions } from './matchers.ts';
 
 export type GuestFixtureScope = 'test' | 'file' | 'worker';
 

@@ -27,10 +27,10 @@ describe('sweep', () => {
     await cleanup();
   });
 
-  async function instance(name: string, owner: { pid: number; start: number }): Promise<string> {
+  async function instance(name: string, owner: { pid: number; start: number }, extra: { keptAt?: string } = {}): Promise<string> {
     const instanceDir = path.join(root, 'instances', name);
     await fs.mkdir(instanceDir, { recursive: true });
-    await fs.writeFile(path.join(instanceDir, OWNER_FILE), JSON.stringify({ instanceId: name, owner, createdAt: '' }));
+    await fs.writeFile(path.join(instanceDir, OWNER_FILE), JSON.stringify({ instanceId: name, owner, createdAt: '', ...extra }));
     return instanceDir;
   }
 
@@ -80,5 +80,23 @@ describe('sweep', () => {
     expect(orphan.signalCode).toBe('SIGKILL');
     expect(owned.exitCode ?? owned.signalCode).toBeNull();
     expect(untagged.exitCode ?? untagged.signalCode).toBeNull();
+  });
+
+  test('a kept guest (GUESTLAB_KEEP) of a dead owner is left alone, unless the sweep includes kept guests', async () => {
+    const deadOwner = { pid: 2 ** 22 + 779, start: 1 };
+    const keptDir = await instance('kept-1', deadOwner, { keptAt: new Date().toISOString() });
+    const kept = await fakeQemu(qemuTag('kept-1', deadOwner));
+    const instancesDir = path.join(root, 'instances');
+
+    const first = await sweep({ log, instancesDir });
+    expect(first.killedPids).toEqual([]);
+    expect(first.instanceDirs).toEqual([]);
+    expect(kept.exitCode ?? kept.signalCode).toBeNull();
+
+    const exit = once(kept, 'exit');
+    const second = await sweep({ log, instancesDir, includeKept: true });
+    expect(second.killedPids).toEqual([kept.pid]);
+    expect(second.instanceDirs).toEqual([keptDir]);
+    await exit;
   });
 });
