@@ -17,12 +17,12 @@ const test = base.extend<{ vm: StartedGuest }>({
     image: 'debian-12',
     name: 'files',
     cloudConfig: {
-      // A web server on port 8080 serving one page, as a unit so that it is up once boot is done.
+      // A web server on port 80 serving one page, as a unit so that it is up once boot is done.
       write_files: [
         { path: '/srv/www/index.html', content: '<h1>hello from the guest</h1>\n' },
         {
           path: '/etc/systemd/system/www.service',
-          content: '[Unit]\nDescription=test web server\n[Service]\nExecStart=/usr/bin/python3 -m http.server 8080 --directory /srv/www\n[Install]\nWantedBy=multi-user.target\n',
+          content: '[Unit]\nDescription=test web server\n[Service]\nExecStart=/usr/bin/python3 -m http.server 80 --directory /srv/www\n[Install]\nWantedBy=multi-user.target\n',
         },
       ],
       runcmd: [['systemctl', 'enable', '--now', 'www.service']],
@@ -100,19 +100,19 @@ describe('files', () => {
 });
 
 describe('forward', () => {
-  test('a host fetch through forward(8080) gets the guest page, and the port is on 127.0.0.1 only', async ({ vm }) => {
-    await vm.waitUntil(['sh', '-c', 'ss -Hltn | grep -q ":8080 "']);
-    const port = await vm.forward(8080);
+  test('a host fetch through forward(80) gets the guest page, and the port is on 127.0.0.1 only', async ({ vm }) => {
+    await vm.waitForPort(80);
+    const port = await vm.forward(80);
     const response = await fetch(`http://127.0.0.1:${port}/`);
     expect(response.status).toBe(200);
     expect(await response.text()).toBe('<h1>hello from the guest</h1>\n');
-    expect(await vm.forward(8080)).toBe(port);
+    expect(await vm.forward(80)).toBe(port);
 
     const { stdout } = await run('ss', ['-Hltn', `sport = :${port}`]);
     const local = stdout.trim().split('\n').map((line) => line.trim().split(/\s+/)[3]);
     expect(local).toEqual([`127.0.0.1:${port}`]);
 
-    await vm.unforward(8080);
+    await vm.unforward(80);
     await expect(fetch(`http://127.0.0.1:${port}/`)).rejects.toThrow();
     expect((await run('ss', ['-Hltn', `sport = :${port}`])).stdout.trim()).toBe('');
   });
