@@ -160,6 +160,21 @@ export async function copyFromGuest(guest: FileGuest, guestPath: string, localPa
   }
   await fs.mkdir(localPath, { recursive: true });
   await withHostTar(['-x', '-f', '-', '-C', localPath, '--no-same-owner'], `unpacking ${source} into ${localPath}`, async (tar) => {
-    await must(guest, ['tar', '-c', '-f', '-', '-C', source, '.'], { stdout: tar.stdin, sudo: options.sudo, signal: options.signal }, `packing ${source}`);
+    // Not straight into tar.stdin: Node destroys a child's stdin when the child exits, which can
+    // come before the last write is acknowledged even though tar read everything. Whatever tar
+    // does not take is drained here, and tar's exit status judges the unpacking.
+    const archive = new PassThrough();
+    archive.pipe(tar.stdin);
+    tar.stdin.on('error', () => {});
+    const delivered = new Promise<void>((resolve) => {
+      tar.stdin.once('finish', resolve);
+      tar.stdin.once('close', () => {
+        archive.unpipe(tar.stdin);
+        archive.resume();
+        resolve();
+      });
+    });
+    await must(guest, ['tar', '-c', '-f', '-', '-C', source, '.'], { stdout: archive, sudo: options.sudo, signal: options.signal }, `packing ${source}`);
+    await delivered;
   });
 }
