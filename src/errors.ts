@@ -8,6 +8,8 @@ export type GuestlabErrorCode =
   | 'ERR_UNKNOWN_FIXTURE'
   | 'ERR_CONFIG_FILE'
   | 'ERR_IMAGE_BUILD'
+  | 'ERR_IMAGE_CORRUPT'
+  | 'ERR_IMAGE_ARCHIVE'
   | 'ERR_QEMU'
   | 'ERR_BOOT_TIMEOUT'
   | 'ERR_HOST_KEY_MISMATCH'
@@ -60,6 +62,22 @@ export class ImageBuildError extends GuestlabError {
 }
 
 /** QEMU failed to start or died; carries the tail of its stderr and of the serial console. */
+/** A cached image's files do not match the digests recorded when it was built or imported. */
+export class ImageCorruptError extends GuestlabError {
+  override name = 'ImageCorruptError';
+  constructor(message: string) {
+    super(message, { code: 'ERR_IMAGE_CORRUPT' });
+  }
+}
+
+/** An image archive (guestlab image export/import) is unreadable, unsafe or does not verify. */
+export class ImageArchiveError extends GuestlabError {
+  override name = 'ImageArchiveError';
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { ...options, code: 'ERR_IMAGE_ARCHIVE' });
+  }
+}
+
 export class QemuError extends GuestlabError {
   override name = 'QemuError';
   constructor(message: string, options: { cause?: unknown; code?: GuestlabErrorCode } = {}) {

@@ -15,6 +15,8 @@ export {
   HostRequirementError,
   ConfigFileError,
   ImageBuildError,
+  ImageCorruptError,
+  ImageArchiveError,
   QemuError,
   SshError,
   GuestStoppedError,
@@ -23,6 +25,7 @@ export {
 } from './errors.ts';
 export { UnknownImageError } from './images/catalog.ts';
 export { UnknownFixtureError } from './guest/spec.ts';
-export { ensureImage, type BuiltImage } from './images/builder.ts';
+export { ensureImage, type BuiltImage, type ImageManifest } from './images/builder.ts';
+export { imageCacheKey, exportImages, importImages, verifyCachedImages, removeImages, listCachedImages, type ImportedImage, type CachedImageInfo } from './images/archive.ts';
 export { probeHost, type HostFacts } from './host/probe.ts';
 export { quoteArg, quoteArgv } from './util/shell-quote.ts';

@@ -5,10 +5,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import path from 'node:path';
 import { guestlabPaths } from '../config.ts';
 import { GuestlabError } from '../errors.ts';
-import { formatDoctor, runDoctor } from '../host/doctor.ts';
-import { ensureImage, imageDirName, IMAGE_FILES } from '../images/builder.ts';
+import { assessCi, formatDoctor, runDoctor, type CiFacts, type CiImageState } from '../host/doctor.ts';
+import { ensureImage, imageDirName, IMAGE_FILES, readManifest } from '../images/builder.ts';
 import { listRecipes } from '../images/catalog.ts';
-import { loadRecipe } from '../images/recipe.ts';
+import { exportImages, imageCacheKey, importImages, removeImages, verifyCachedImages } from '../images/archive.ts';
+import { loadRecipe, recipeHash } from '../images/recipe.ts';
 import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
 import { detectLimits } from '../budget/limits.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
@@ -21,8 +22,19 @@ const USAGE = `Usage: guestlab <command>
 
 Commands:
   doctor [--json]             check this host: QEMU, KVM or TCG, tools, cores, memory, disk
-  image ls                    list the images guestlab knows and whether they are built
-  image build NAME [--force]  build an image from its recipe (images/NAME.yaml) into the cache
+  doctor --ci [--require-kvm] [--require-images A,B]
+                              a summary for CI logs (accelerator, budget, image cache); exits 1
+                              when a requirement is missing; --require-kvm makes TCG one
+  image ls                    list the images guestlab knows, whether they are built, their hash
+  image build NAME... [--force]
+                              build images from their recipes (images/NAME.yaml) into the cache
+  image key NAME... [--json]  print a cache key for CI that changes exactly when one of the
+                              images would be built differently
+  image export NAME... --output FILE
+                              write built images (with their digests) into one tar file
+  image import FILE           unpack an exported file into the cache, verifying every digest
+  image verify [NAME...]      check cached images against the digests recorded at build/import
+  image rm NAME...            remove every cached build of the named images
   ps                          list the guests running on this host, and the CPU/memory budget
   ssh GUEST [-- COMMAND...]   open a shell (or run COMMAND) in a running guest, e.g. a kept one
   stop GUEST                  stop a running guest (QMP quit, then SIGKILL) and remove its directory
@@ -33,7 +45,7 @@ GUEST is an instance id (see ps) or a guest name that only one running guest has
 
 Environment: GUESTLAB_CACHE_DIR (image cache), GUESTLAB_INSTANCES_DIR, GUESTLAB_IMAGES_PATH,
 GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_KEEP=on-failure,
-GUESTLAB_TIMEOUT_SCALE, GUESTLAB_DEBUG=1 (verbose log).`;
+GUESTLAB_TIMEOUT_SCALE, GUESTLAB_REQUIRE_KVM=1, GUESTLAB_EVIDENCE_DIR, GUESTLAB_DEBUG=1 (verbose log).`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -71,40 +83,110 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 async function doctor(args: string[]): Promise<number> {
+  const { flags } = splitArgs(args, ['--require-images']);
   const report = await runDoctor();
-  if (args.includes('--json')) console.log(JSON.stringify({ accel: report.accel, problems: report.problems, lines: report.lines, facts: report.facts }, null, 2));
+  if (flags.has('--ci')) {
+    const { text, problems } = assessCi(report, await ciFacts(), {
+      requireKvm: flags.has('--require-kvm') || process.env.GUESTLAB_REQUIRE_KVM === '1',
+      requireImages: (flags.get('--require-images') ?? '').split(',').filter(Boolean),
+      github: process.env.GITHUB_ACTIONS === 'true',
+    });
+    console.log(text);
+    return problems.length ? 1 : 0;
+  }
+  if (flags.has('--json')) console.log(JSON.stringify({ accel: report.accel, problems: report.problems, lines: report.lines, facts: report.facts }, null, 2));
   else console.log(formatDoctor(report));
   return report.problems.length ? 1 : 0;
 }
 
+/** What the CI summary shows beside the host: the budget in effect and every known image's cache state. */
+async function ciFacts(): Promise<CiFacts> {
+  const { imagesDir } = guestlabPaths();
+  const images: CiImageState[] = [];
+  for (const file of (await listRecipes()).values()) {
+    const recipe = await loadRecipe(file);
+    const manifest = await readManifest(path.join(imagesDir, imageDirName(recipe)));
+    images.push({ name: recipe.name, hash: recipeHash(recipe).slice(0, 16), built: !!manifest, diskBytes: manifest?.diskBytes, digests: !!manifest?.files });
+  }
+  return { limits: await detectLimits(), imagesDir, images };
+}
+
 async function image(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
-  if (sub === 'ls') {
-    const recipes = await listRecipes();
-    const { imagesDir } = guestlabPaths();
-    console.log(['NAME', 'CACHED', 'SIZE', 'RECIPE'].join('\t'));
-    for (const [name, file] of recipes) {
-      const recipe = await loadRecipe(file);
-      const disk = path.join(imagesDir, imageDirName(recipe), IMAGE_FILES.disk);
-      const cached = await exists(disk);
-      const size = cached ? `${((await fs.stat(disk)).size / 1024 ** 2).toFixed(0)} MiB` : '-';
-      console.log([name, cached ? 'yes' : 'no', size, file].join('\t'));
+  const { names, flags } = splitArgs(rest, ['--output']);
+  switch (sub) {
+    case 'ls': {
+      const recipes = await listRecipes();
+      const { imagesDir } = guestlabPaths();
+      const rows = [['NAME', 'CACHED', 'SIZE', 'HASH', 'RECIPE']];
+      for (const [name, file] of recipes) {
+        const recipe = await loadRecipe(file);
+        const disk = path.join(imagesDir, imageDirName(recipe), IMAGE_FILES.disk);
+        const cached = await exists(disk);
+        const size = cached ? `${((await fs.stat(disk)).size / 1024 ** 2).toFixed(0)} MiB` : '-';
+        rows.push([name, cached ? 'yes' : 'no', size, recipeHash(recipe).slice(0, 16), file]);
+      }
+      printTable(rows);
+      return 0;
     }
-    return 0;
+    case 'build': {
+      if (names.length === 0) return usageError('image build: name the image to build, e.g. guestlab image build debian-12 (see guestlab image ls)');
+      for (const name of names) {
+        const built = await ensureImage(name, { force: flags.has('--force') });
+        console.log(`${name}: ${built.built ? `built in ${(built.buildMs / 1000).toFixed(1)}s` : 'already built (cached)'} at ${built.dir}`);
+      }
+      return 0;
+    }
+    case 'key': {
+      const { key, images } = await imageCacheKey(names);
+      if (flags.has('--json')) console.log(JSON.stringify({ key, arch: process.arch, images }, null, 2));
+      else console.log(key);
+      return 0;
+    }
+    case 'export': {
+      const output = flags.get('--output');
+      if (!output) return usageError('image export: say where to write the archive, e.g. guestlab image export debian-12 --output images.tar');
+      await exportImages(names, output);
+      return 0;
+    }
+    case 'import': {
+      if (names.length !== 1) return usageError('image import: name one archive written by guestlab image export, e.g. guestlab image import images.tar');
+      const { images } = await importImages(names[0]!);
+      for (const i of images) console.log(`${i.name}: ${i.outcome}${i.current ? '' : ' (its recipe has changed since; this build will not be used)'} at ${i.dir}`);
+      return 0;
+    }
+    case 'verify': {
+      const results = await verifyCachedImages(names);
+      if (results.length === 0) console.log('no images in the cache');
+      for (const r of results) console.log(`${r.problems.length ? 'FAIL' : ' ok '} ${path.basename(r.dir)} (${(r.ms / 1000).toFixed(1)}s)${r.problems.map((p) => `\n       ${p}`).join('')}`);
+      return results.some((r) => r.problems.length) ? 1 : 0;
+    }
+    case 'rm': {
+      const removed = await removeImages(names);
+      console.log(removed.length ? removed.map((dir) => `removed ${dir}`).join('\n') : `nothing cached for ${names.join(', ')}`);
+      return 0;
+    }
+    default:
+      return usageError(`image: unknown subcommand "${sub ?? ''}"; use one of: ls, build, key, export, import, verify, rm`);
   }
-  if (sub === 'build') {
-    const names = rest.filter((a) => !a.startsWith('--'));
-    if (names.length === 0) {
-      console.error('guestlab image build: name the image to build, e.g. guestlab image build debian-12 (see guestlab image ls)');
-      return 2;
-    }
-    for (const name of names) {
-      const built = await ensureImage(name, { force: rest.includes('--force') });
-      console.log(`${name}: ${built.built ? `built in ${(built.buildMs / 1000).toFixed(1)}s` : 'already built (cached)'} at ${built.dir}`);
-    }
-    return 0;
+}
+
+/** Splits arguments into names and flags; flags in `valued` take the next argument as their value. */
+function splitArgs(args: string[], valued: string[] = []): { names: string[]; flags: Map<string, string | undefined> } {
+  const names: string[] = [];
+  const flags = new Map<string, string | undefined>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    if (!arg.startsWith('--')) names.push(arg);
+    else if (arg.includes('=')) flags.set(arg.slice(0, arg.indexOf('=')), arg.slice(arg.indexOf('=') + 1));
+    else if (valued.includes(arg)) flags.set(arg, args[++i]);
+    else flags.set(arg, undefined);
   }
-  console.error(`guestlab image: unknown subcommand "${sub ?? ''}"; use "image ls" or "image build NAME"`);
+  return { names, flags };
+}
+
+function usageError(message: string): number {
+  console.error(`guestlab ${message}`);
   return 2;
 }
 

@@ -95,3 +95,68 @@ export function formatDoctor(report: DoctorReport): string {
   out.push(report.problems.length ? `\n${report.problems.length} requirement(s) missing:\n${report.problems.map((p) => `  - ${p}`).join('\n')}` : '\nAll requirements met.');
   return out.join('\n');
 }
+
+export interface CiImageState {
+  name: string;
+  hash: string;
+  built: boolean;
+  diskBytes?: number;
+  /** Whether the manifest records digests, so that a restored copy can be verified before use. */
+  digests?: boolean;
+}
+
+export interface CiFacts {
+  limits: { cpus: number; memoryMiB: number; source: { cpus: string; memory: string } };
+  imagesDir: string;
+  images: CiImageState[];
+}
+
+export interface CiOptions {
+  /** TCG is a failure, not a note: for runners that are supposed to have KVM. */
+  requireKvm?: boolean;
+  /** Images that must already be in the cache (restored or imported), or the run would build them. */
+  requireImages?: string[];
+  /** Emit GitHub Actions workflow commands (::error::, ::warning::) beside the summary. */
+  github?: boolean;
+}
+
+/** Pure: the `guestlab doctor --ci` summary and its problems, from the host report and CI facts. */
+export function assessCi(report: DoctorReport, facts: CiFacts, options: CiOptions = {}): { text: string; problems: string[] } {
+  const problems = [...report.problems];
+  const notes: string[] = [];
+  const { kvm } = report.facts;
+  if (!kvm.usable) {
+    const why = `KVM is not usable: ${kvm.reason}`;
+    if (options.requireKvm) problems.push(`${why}. On GitHub-hosted runners add the udev rule for /dev/kvm (see examples/ci/github-actions.yml); elsewhere give the job /dev/kvm`);
+    else notes.push(why);
+  }
+  for (const name of options.requireImages ?? []) {
+    const image = facts.images.find((i) => i.name === name);
+    if (!image) problems.push(`image ${name} is unknown: no recipe images/${name}.yaml`);
+    else if (!image.built) problems.push(`image ${name} (hash ${image.hash}) is not in ${facts.imagesDir}: restore the CI cache or run guestlab image import FILE / guestlab image build ${name}`);
+  }
+  const mib = (bytes: number) => `${(bytes / 1024 ** 2).toFixed(0)} MiB`;
+  const lines = [
+    `guestlab doctor --ci`,
+    `  accelerator : ${kvm.usable ? `KVM (${kvm.reason})` : 'TCG (software emulation; see the note below)'}`,
+    `  host        : ${report.facts.cores} cores, ${report.facts.memAvailableMiB} MiB available, ${report.facts.isRoot ? 'root' : 'not root'}`,
+    `  qemu        : ${report.facts.qemu.version ?? 'missing'}`,
+    `  budget      : ${facts.limits.cpus} CPU (${facts.limits.source.cpus}), ${facts.limits.memoryMiB} MiB (${facts.limits.source.memory})`,
+    `  image cache : ${facts.imagesDir}`,
+    ...facts.images.map(
+      (i) => `    ${i.name.padEnd(20)} ${i.hash}  ${i.built ? `cached, ${mib(i.diskBytes ?? 0)}${i.digests ? '' : ', no digests recorded'}` : 'not built'}`,
+    ),
+    ...notes.map((n) => `  note        : ${n}`),
+    problems.length ? `FAIL: ${problems.length} requirement(s) missing:\n${problems.map((p) => `  - ${p}`).join('\n')}` : 'OK: all requirements met',
+  ];
+  if (options.github) {
+    lines.push(...problems.map((p) => `::error title=guestlab doctor::${escapeWorkflowCommand(p)}`));
+    lines.push(...notes.map((n) => `::warning title=guestlab doctor::${escapeWorkflowCommand(n)}`));
+  }
+  return { text: lines.join('\n'), problems };
+}
+
+/** GitHub workflow commands end at a newline; %, CR and LF are escaped as the runner expects. */
+function escapeWorkflowCommand(text: string): string {
+  return text.replace(/%/g, '%25').replace(/\r/g, '%0D').replace(/\n/g, '%0A');
+}

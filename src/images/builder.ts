@@ -12,6 +12,7 @@ import { acquireLock } from '../util/lock.ts';
 import { run } from '../util/run.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import { resolveRecipe } from './catalog.ts';
+import { digestFiles, ensureVerified, writeStamp, type FileDigests } from './digest.ts';
 import { recipeHash, type ImageRecipe } from './recipe.ts';
 
 /** Files of a built image directory. */
@@ -21,6 +22,9 @@ export const IMAGE_FILES = {
   initrd: 'initrd.img',
   manifest: 'manifest.json',
 } as const;
+
+/** The files whose digests the manifest records (everything but the manifest). */
+export const DIGESTED_FILES = { disk: IMAGE_FILES.disk, kernel: IMAGE_FILES.kernel, initrd: IMAGE_FILES.initrd };
 
 export interface BuiltImage {
   name: string;
@@ -45,6 +49,8 @@ export interface ImageManifest {
   builtAt: string;
   buildMs: number;
   diskBytes: number;
+  /** sha256 and size of disk, kernel and initrd; absent in manifests written before guestlab 0.1.0 recorded them. */
+  files?: FileDigests;
 }
 
 export interface EnsureImageOptions {
@@ -58,6 +64,8 @@ export function imageDirName(recipe: ImageRecipe): string {
   return `${recipe.name}-${recipeHash(recipe).slice(0, 16)}`;
 }
 
+const announced = new Set<string>();
+
 /** Returns the cached image for `name`, building it first when it is missing. */
 export async function ensureImage(name: string, options: EnsureImageOptions = {}): Promise<BuiltImage> {
   const recipe = await resolveRecipe(name);
@@ -68,8 +76,13 @@ export async function ensureImageFromRecipe(recipe: ImageRecipe, options: Ensure
   const log = (options.log ?? rootLog).child(`image:${recipe.name}`);
   const { imagesDir } = guestlabPaths();
   const finalDir = path.join(imagesDir, imageDirName(recipe));
-  const cached = !options.force && (await readBuiltImage(recipe, finalDir));
-  if (cached) return cached;
+  const cached = !options.force && (await readBuiltImage(recipe, finalDir, log));
+  if (cached) {
+    // Once per process: CI logs show that a restored cache spared the build.
+    if (!announced.has(cached.dir)) log.info(`cached build ${path.basename(cached.dir)}: no build needed`);
+    announced.add(cached.dir);
+    return cached;
+  }
 
   await fs.mkdir(imagesDir, { recursive: true });
   const lock = await acquireLock(finalDir, {
@@ -78,10 +91,10 @@ export async function ensureImageFromRecipe(recipe: ImageRecipe, options: Ensure
   });
   try {
     // The holder we waited for may have finished the job.
-    const afterWait = !options.force && (await readBuiltImage(recipe, finalDir));
+    const afterWait = !options.force && (await readBuiltImage(recipe, finalDir, log));
     if (afterWait) return afterWait;
     await buildInto(recipe, finalDir, log, options.signal);
-    const built = await readBuiltImage(recipe, finalDir);
+    const built = await readBuiltImage(recipe, finalDir, log);
     if (!built) throw new ImageBuildError(`The build of ${recipe.name} finished but ${finalDir} is incomplete`);
     return { ...built, built: true };
   } finally {
@@ -89,10 +102,17 @@ export async function ensureImageFromRecipe(recipe: ImageRecipe, options: Ensure
   }
 }
 
-async function readBuiltImage(recipe: ImageRecipe, dir: string): Promise<BuiltImage | undefined> {
+export async function readManifest(dir: string): Promise<ImageManifest | undefined> {
   const manifestPath = path.join(dir, IMAGE_FILES.manifest);
   if (!(await exists(manifestPath))) return undefined;
-  const manifest = JSON.parse(await fs.readFile(manifestPath, 'utf8')) as ImageManifest;
+  return JSON.parse(await fs.readFile(manifestPath, 'utf8')) as ImageManifest;
+}
+
+async function readBuiltImage(recipe: ImageRecipe, dir: string, log: Logger): Promise<BuiltImage | undefined> {
+  const manifest = await readManifest(dir);
+  if (!manifest) return undefined;
+  // Images built before digests were recorded were built on this host and are trusted as they are.
+  if (manifest.files) await ensureVerified(recipe.name, dir, DIGESTED_FILES, manifest.files, log);
   return {
     name: recipe.name,
     hash: manifest.recipeHash,
@@ -236,6 +256,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
       builtAt: new Date().toISOString(),
       buildMs: Date.now() - started,
       diskBytes: (await fs.stat(disk)).size,
+      files: await digestFiles(work, DIGESTED_FILES),
     };
     await fs.writeFile(path.join(work, IMAGE_FILES.manifest), JSON.stringify(manifest, null, 2) + '\n');
     // Base images are shared by every guest: nobody writes to them, overlays take the writes.
@@ -243,6 +264,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
     await fs.chmod(work, 0o755);
     await fs.rm(finalDir, { recursive: true, force: true });
     await fs.rename(work, finalDir);
+    await writeStamp(finalDir, DIGESTED_FILES);
     log.info(`built ${recipe.name} in ${(manifest.buildMs / 1000).toFixed(1)}s: ${finalDir}`);
   } catch (error) {
     await fs.rm(work, { recursive: true, force: true }).catch(() => undefined);

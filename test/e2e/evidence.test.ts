@@ -16,7 +16,7 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
   try {
     const run = await suite.run(
       ['--reporter=default', '--reporter=json', '--outputFile.json=report.json', '--reporter=junit', '--outputFile.junit=junit.xml'],
-      { GUESTLAB_KEEP: 'on-failure' },
+      { GUESTLAB_KEEP: 'on-failure', GUESTLAB_EVIDENCE_DIR: path.join(suite.dir, 'evidence') },
     );
     const output = plain(run.all);
     expect(run.exitCode, output).toBe(1);
@@ -40,6 +40,14 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
     expect(guest.evidence.journal).toContain('Failed to start flaky-daemon.service');
     const junit = await fs.readFile(path.join(suite.dir, 'junit.xml'), 'utf8');
     expect(junit).toMatch(/<property name="guestlab:evidence" value="guest evidence evidence[^"]*Failed to start flaky-daemon\.service/);
+    // Every guest test also records its guest (image, accelerator, boot time), failed or not.
+    expect(junit).toMatch(/<property name="guestlab:guest" value="guest evidence: debian-12 on (kvm|tcg), ready \d+\.\d+s after start \(instance evidence-[0-9a-f]+\)"/);
+    // GUESTLAB_EVIDENCE_DIR: one file per failed test and guest, for CI artifacts.
+    const files = await fs.readdir(path.join(suite.dir, 'evidence'));
+    expect(files).toEqual([expect.stringMatching(/evidence\.test\.ts.*the_daemon_is_running.*evidence-[0-9a-f]{8}\.txt$/)]);
+    const saved = path.join(suite.dir, 'evidence', files[0]!);
+    expect(await fs.readFile(saved, 'utf8')).toContain('Failed to start flaky-daemon.service');
+    expect((await fs.stat(saved)).mode & 0o777).toBe(0o600);
 
     // Kept: the instructions name the instance; the guest is still up, outside the budget.
     const kept = /kept guest evidence \(instance (evidence-[0-9a-f]+)\) running because test "the daemon is running[^"]*" failed/.exec(output);
