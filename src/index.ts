@@ -6,6 +6,25 @@ export type { WriteFileOptions, ReadFileOptions } from './guest/files.ts';
 export type { GuestEvidence } from './guest/evidence.ts';
 export { InspectError, type FileInfo, type FileType, type PackageInfo, type UnitState, type UserInfo, type ListeningSocket } from './inspect/index.ts';
 export { loadFixture, type GuestSpec } from './guest/spec.ts';
+export { createNetwork, GuestNetwork, type NetworkOptions, type NetworkMember } from './network/network.ts';
+export type { GuestNetworkInfo } from './guest/started-guest.ts';
+export {
+  Rehearsal,
+  describeAttempt,
+  formatDiff,
+  DEFAULT_INVENTORY_PATHS,
+  DEFAULT_INVENTORY_IGNORE,
+  type Attempt,
+  type AppliedChange,
+  type ChangeStep,
+  type CheckResult,
+  type CheckpointInfo,
+  type GuestChange,
+  type InventoryDiff,
+  type InventoryOptions,
+  type RehearsalCheck,
+  type RestoreTimings,
+} from './guest/rehearsal.ts';
 export {
   GuestlabError,
   GuestCommandError,

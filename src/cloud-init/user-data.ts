@@ -12,6 +12,8 @@ export interface SeedInput {
   /** The per-guest ed25519 host key, OpenSSH format. */
   hostKey: { privateKey: string; publicKey: string };
   cloudConfig?: Record<string, unknown> | undefined;
+  /** Static addresses on private networks; eth0 (user-mode networking) keeps DHCP. */
+  privateNics?: { interfaceName: string; mac: string; address: string; prefixLength: number }[] | undefined;
 }
 
 /** Keys guestlab owns: a cloudConfig that sets them would break the host-key pin. */
@@ -68,14 +70,33 @@ export function mergeCloudConfig(base: Record<string, unknown>, extra: Record<st
   return merged;
 }
 
+/**
+ * cloud-init reads its files with PyYAML, a YAML 1.1 parser: written as YAML 1.2, the string
+ * "52:54:00:12:34:56" would reach it as a base-60 integer and "on" or "yes" as booleans. Written
+ * as YAML 1.1, such strings are quoted.
+ */
+const YAML_11 = { version: '1.1', lineWidth: 0 } as const;
+
 export function renderUserData(input: SeedInput): string {
   if (input.cloudConfig !== undefined && !isPlainObject(input.cloudConfig)) {
     throw new TypeError('Expected `cloudConfig` to be a plain object of cloud-config keys (packages, write_files, runcmd, ...)');
   }
   const config = mergeCloudConfig(baseCloudConfig(input), input.cloudConfig ?? {});
-  return '#cloud-config\n' + stringify(config, { lineWidth: 0, aliasDuplicateObjects: false });
+  return '#cloud-config\n' + stringify(config, { ...YAML_11, aliasDuplicateObjects: false });
+}
+
+/**
+ * NoCloud network-config (version 2) when the guest has private NICs: eth0 on DHCP as cloud-init's
+ * fallback would do, and each private NIC with its static address and no gateway (the default route
+ * stays on eth0). Undefined without private NICs, so that cloud-init keeps its fallback.
+ */
+export function renderNetworkConfig(input: Pick<SeedInput, 'privateNics'>, userNicMac: string): string | undefined {
+  if (!input.privateNics?.length) return undefined;
+  const ethernets: Record<string, unknown> = { eth0: { match: { macaddress: userNicMac }, dhcp4: true } };
+  for (const nic of input.privateNics) ethernets[nic.interfaceName] = { match: { macaddress: nic.mac }, addresses: [`${nic.address}/${nic.prefixLength}`] };
+  return stringify({ version: 2, ethernets }, YAML_11);
 }
 
 export function renderMetaData(input: Pick<SeedInput, 'instanceId' | 'hostname'>): string {
-  return stringify({ 'instance-id': input.instanceId, 'local-hostname': input.hostname }, { lineWidth: 0 });
+  return stringify({ 'instance-id': input.instanceId, 'local-hostname': input.hostname }, YAML_11);
 }

@@ -25,6 +25,11 @@ export interface GuestSpec {
   bootTimeoutMs?: number;
   /** Login user created by cloud-init (default 'guestlab'), with passwordless sudo. */
   user?: string;
+  /**
+   * Private networks to join (by name; see createNetwork): one extra NIC each, eth1 onwards, with a
+   * static address from the network's subnet (or the one given), and every other member in /etc/hosts.
+   */
+  networks?: (string | { name: string; address?: string })[];
 }
 
 export interface ResolvedSpec {
@@ -36,9 +41,11 @@ export interface ResolvedSpec {
   accel: 'auto' | 'kvm' | 'tcg';
   bootTimeoutMs: number | undefined;
   user: string;
+  networks: { name: string; address: string | undefined }[];
 }
 
-const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user'] as const;
+const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks'] as const;
+const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
 
@@ -65,7 +72,28 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     accel: spec.accel === undefined ? 'auto' : expectOneOf('accel', spec.accel, ['auto', 'kvm', 'tcg'] as const),
     bootTimeoutMs: spec.bootTimeoutMs === undefined ? undefined : expectPositiveInteger('bootTimeoutMs', spec.bootTimeoutMs),
     user: spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name'),
+    networks: resolveNetworks(spec.networks),
   };
+}
+
+function resolveNetworks(value: GuestSpec['networks']): ResolvedSpec['networks'] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) throw new TypeError(`Expected \`networks\` to be a list of network names or { name, address } objects, got ${describeValue(value)}`);
+  const out = value.map((entry, i) => {
+    const hint = 'use a lowercase letter, then letters, digits or hyphens (at most 31)';
+    if (typeof entry === 'string') return { name: expectString(`networks[${i}]`, entry, NETWORK, hint), address: undefined };
+    if (!isPlainObject(entry)) throw new TypeError(`Expected \`networks[${i}]\` to be a network name or { name, address }, got ${describeValue(entry)}`);
+    const unknown = Object.keys(entry).filter((k) => k !== 'name' && k !== 'address');
+    if (unknown.length) throw new TypeError(`Unknown option \`networks[${i}].${unknown[0]}\`; known: name, address`);
+    return {
+      name: expectString(`networks[${i}].name`, entry.name, NETWORK, hint),
+      address: entry.address === undefined ? undefined : expectString(`networks[${i}].address`, entry.address, /^\d{1,3}(\.\d{1,3}){3}$/, 'use an IPv4 address such as 10.77.1.20'),
+    };
+  });
+  const names = out.map((n) => n.name);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice) throw new TypeError(`\`networks\` names ${twice} twice; a guest joins a network once`);
+  return out;
 }
 
 function defaultName(image: string): string {

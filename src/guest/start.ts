@@ -13,6 +13,7 @@ import { log as rootLog } from '../log.ts';
 import { buildQemuArgv, parseUsernetForward, type Accel } from '../qemu/argv.ts';
 import { describeExit, launchQemu, type QemuProcess } from '../qemu/process.ts';
 import { QmpClient } from '../qemu/qmp.ts';
+import { networkForGuest, type NetworkAttachment } from '../network/network.ts';
 import { waitForSshBanner } from '../ssh/banner.ts';
 import { generateEd25519 } from '../ssh/keys.ts';
 import { SshSession } from '../ssh/session.ts';
@@ -65,6 +66,13 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     const hostKey = generateEd25519(`root@${spec.name}`);
     await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
     await createOverlay(image.disk, instance.file('overlay'), signal);
+    const attachments: NetworkAttachment[] = [];
+    for (const [i, wanted] of spec.networks.entries()) {
+      const network = networkForGuest(wanted.name);
+      const attachment = await network.attach(spec.name, instance.id, `eth${i + 1}`, wanted.address);
+      (parts.networks ??= []).push(network);
+      attachments.push(attachment);
+    }
     await writeSeedIso(instance.file('seed'), {
       instanceId: instance.id,
       hostname: spec.name,
@@ -72,6 +80,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       authorizedKey: clientKey.publicKey,
       hostKey,
       cloudConfig: spec.cloudConfig,
+      privateNics: attachments,
     }, signal);
     checkAbort('disk and seed ready');
 
@@ -87,6 +96,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       qmpSocket: instance.file('qmp'),
       serialLog: instance.file('serial'),
       sshHostPort: 0,
+      extraNics: attachments.map((a, i) => ({ id: `lan${i}`, mac: a.mac, localPort: a.qemuPort, remotePort: a.switchPort })),
     });
     const bootStarted = performance.now();
     const deadline = Date.now() + bootTimeoutMs;
@@ -169,7 +179,7 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     }
     const timings: BootTimings = { imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since() };
     log.debug(`ready: ${JSON.stringify(timings)}`);
-    return new StartedGuest({
+    const guest = new StartedGuest({
       // The same object the QMP event handler updates, now with every part set.
       parts: parts as GuestParts["parts"],
       name: spec.name,
@@ -188,7 +198,11 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       },
       timings,
       leaseWaitMs: lease.waitedMs,
+      networks: attachments.map(({ network, address, interfaceName, mac }) => ({ network, address, interfaceName, mac })),
     });
+    // Now that it answers: every member of its networks (itself included) lists every other by name.
+    for (const network of parts.networks ?? []) await network.joined(guest);
+    return guest;
   } catch (error) {
     await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
     if (error instanceof SshError || error instanceof GuestlabError) throw error;

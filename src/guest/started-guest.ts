@@ -5,10 +5,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Lease } from '../budget/leases.ts';
 import { GuestCommandError, GuestlabError, GuestStoppedError, QemuError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { parseUsernetForwards, type Accel } from '../qemu/argv.ts';
+import type { GuestNetwork } from '../network/network.ts';
+import { parseSnapshots, parseUsernetForwards, type Accel } from '../qemu/argv.ts';
 import type { QemuProcess } from '../qemu/process.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
-import type { SshSession } from '../ssh/session.ts';
+import { SshSession } from '../ssh/session.ts';
 import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
 import { describeValue, expectOneOf, expectPositiveInteger } from '../util/validate.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
@@ -16,6 +17,7 @@ import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFil
 import { markInstanceKept, type InstanceDir } from './instance.ts';
 import { keepInstructions } from './keep.ts';
 import { unregisterLive } from './registry.ts';
+import { applyChange, checkpointLabel, diffInventories, Rehearsal, takeInventory, type AppliedChange, type CheckpointInfo, type GuestChange, type GuestInventory, type InventoryDiff, type InventoryOptions, type RestoreTimings } from './rehearsal.ts';
 import { pollUntil, timeoutScale, WaitTimeoutError, type WaitOptions } from './waits.ts';
 import { describeUnitState, unitDiagnostics, unitState, type UnitState } from '../inspect/units.ts';
 import { formatSocket, listeningSockets, type ListeningSocket } from '../inspect/sockets.ts';
@@ -79,6 +81,17 @@ export interface TeardownParts {
   session?: SshSession | undefined;
   /** Set when the host disk filled up under the guest (QMP BLOCK_IO_ERROR, nospace). */
   diskFull?: DiskFullError | undefined;
+  /** Private networks the guest has a port on; left once QEMU is gone. */
+  networks?: GuestNetwork[] | undefined;
+}
+
+/** The guest's NIC on one private network. */
+export interface GuestNetworkInfo {
+  network: string;
+  address: string;
+  /** eth1, eth2, ... inside the guest. */
+  interfaceName: string;
+  mac: string;
 }
 
 export interface GuestParts {
@@ -93,6 +106,7 @@ export interface GuestParts {
   timings: BootTimings;
   /** How long the guest waited for room in the host-wide CPU/memory budget. */
   leaseWaitMs: number;
+  networks: GuestNetworkInfo[];
 }
 
 /** A unit waited for entered the failed state (systemd) or crashed (OpenRC). */
@@ -138,16 +152,20 @@ export class StartedGuest implements AsyncDisposable {
   readonly instanceId: string;
   readonly instanceDir: string;
   readonly leaseWaitMs: number;
+  /** Its NICs on private networks (spec `networks`). */
+  readonly networks: readonly GuestNetworkInfo[];
   #parts: GuestParts['parts'];
   #stopping: Promise<void> | undefined;
   #kept = false;
   /** Forwards by "protocol:guestPort"; added one at a time. */
   #forwards = new Map<string, number>();
   #forwarding: Promise<unknown> = Promise.resolve();
+  #checkpoints = new Map<string, { info: CheckpointInfo; inventory: GuestInventory | undefined; inventoryOptions?: InventoryOptions }>();
 
   constructor(parts: GuestParts) {
     this.#parts = parts.parts;
     this.leaseWaitMs = parts.leaseWaitMs;
+    this.networks = parts.networks;
     this.name = parts.name;
     this.image = parts.image;
     this.accel = parts.accel;
@@ -368,6 +386,87 @@ export class StartedGuest implements AsyncDisposable {
     return next;
   }
 
+  /**
+   * Saves the guest's disk and running state under `label` (QEMU savevm into the guest's overlay;
+   * the guest pauses meanwhile), with an inventory of its configuration for diffSince() unless
+   * `inventory: false`. Saving a label again replaces it.
+   */
+  async checkpoint(label: string, options: { inventory?: InventoryOptions | false } = {}): Promise<CheckpointInfo> {
+    const name = checkpointLabel(label);
+    this.#checkUsable();
+    const inventory = options.inventory === false ? undefined : await takeInventory(this, options.inventory ?? {});
+    const started = performance.now();
+    const reply = await this.#parts.qmp.hmp(`savevm ${name}`);
+    if (reply.trim()) throw new QemuError(`Saving checkpoint ${name} of guest ${this.name} failed: ${reply.trim()}`);
+    const saveMs = Math.round(performance.now() - started);
+    const listed = parseSnapshots(await this.#parts.qmp.hmp('info snapshots')).find((snapshot) => snapshot.tag === name);
+    const info: CheckpointInfo = { label: name, createdAt: new Date(), saveMs, vmStateBytes: listed?.vmStateBytes };
+    this.#checkpoints.set(name, { info, inventory, inventoryOptions: options.inventory || {} });
+    this.#parts.log.debug(`checkpoint ${name} saved in ${saveMs} ms`);
+    return info;
+  }
+
+  /**
+   * Returns the guest to a checkpoint: disk, memory and services as they were. The SSH connection
+   * is made anew (commands still running are cut off), the guest's clock is set to now, and
+   * forwards added after the checkpoint are gone with the network state they lived in.
+   */
+  async restore(label: string): Promise<RestoreTimings> {
+    const name = checkpointLabel(label);
+    this.#checkUsable();
+    if (!this.#checkpoints.has(name)) throw new GuestlabError(`Guest ${this.name} has no checkpoint "${name}" (has: ${[...this.#checkpoints.keys()].join(', ') || 'none'}); take one with guest.checkpoint("${name}")`);
+    const started = performance.now();
+    this.#parts.session.close(new GuestlabError(`Guest ${this.name} is being restored to checkpoint ${name}`));
+    const reply = await this.#parts.qmp.hmp(`loadvm ${name}`);
+    if (reply.trim()) throw new QemuError(`Restoring checkpoint ${name} of guest ${this.name} failed: ${reply.trim()}`);
+    const loadMs = Math.round(performance.now() - started);
+    this.#parts.session = await this.#reconnect(60_000 * this.timeoutScale);
+    // The guest resumes with the checkpoint's clock.
+    await this.succeed(['date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], { sudo: true });
+    const live = new Set(parseUsernetForwards(await this.#parts.qmp.hmp('info usernet')).map((f) => `${f.protocol}:${f.guestPort}:${f.hostPort}`));
+    for (const [key, hostPort] of this.#forwards) if (!live.has(`${key}:${hostPort}`)) this.#forwards.delete(key);
+    const totalMs = Math.round(performance.now() - started);
+    this.#parts.log.debug(`restored ${name}: loadvm ${loadMs} ms, total ${totalMs} ms`);
+    return { loadMs, reconnectMs: totalMs - loadMs, totalMs };
+  }
+
+  /** The checkpoints taken, oldest first. */
+  checkpoints(): CheckpointInfo[] {
+    return [...this.#checkpoints.values()].map((c) => c.info);
+  }
+
+  /** What changed in files, packages and enabled units since the checkpoint (taken with its inventory). */
+  async diffSince(label: string): Promise<InventoryDiff> {
+    const checkpoint = this.#checkpoints.get(checkpointLabel(label));
+    if (!checkpoint?.inventory) throw new GuestlabError(`Guest ${this.name} has no inventory for checkpoint "${label}"; take it with guest.checkpoint("${label}") without inventory: false`);
+    return diffInventories(checkpoint.inventory, await takeInventory(this, checkpoint.inventoryOptions ?? {}));
+  }
+
+  /** Applies files, commands, a script or a playbook as root (see GuestChange); stops at the first failure. */
+  apply(change: GuestChange): Promise<AppliedChange> {
+    return applyChange(this, change);
+  }
+
+  /** Starts a rehearsal: a checkpoint (with inventory) to try changes against and return to. */
+  rehearse(label = 'rehearsal', inventory: InventoryOptions = {}): Promise<Rehearsal> {
+    return Rehearsal.begin(this, label, inventory);
+  }
+
+  /** A new authenticated SSH session to the same guest, retried until `withinMs` passes. */
+  async #reconnect(withinMs: number): Promise<SshSession> {
+    const deadline = Date.now() + withinMs;
+    const privateKey = await fs.readFile(this.ssh.privateKeyPath, 'utf8');
+    const endpoint = { host: this.ssh.host, port: this.ssh.port, user: this.ssh.user, privateKey, hostKey: this.ssh.hostKey };
+    for (;;) {
+      try {
+        return await SshSession.connect(endpoint, { readyTimeoutMs: Math.max(1000, Math.min(20_000, deadline - Date.now())) });
+      } catch (error) {
+        if ((error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH' || Date.now() >= deadline) throw error;
+        await sleep(200);
+      }
+    }
+  }
+
   /** The serial console tail, cloud-init's output and the journal's warnings: what a failed test attaches. */
   evidence(): Promise<GuestEvidence> {
     return collectEvidence(this);
@@ -486,6 +585,7 @@ export async function shutdownParts(parts: TeardownParts): Promise<void> {
     }
   }
   qmp?.close();
+  for (const network of parts.networks ?? []) if (parts.instance) network.detach(parts.instance.id);
   if (parts.instance) {
     await fs.rm(parts.instance.dir, { recursive: true, force: true });
     unregisterLive(parts.instance.id);

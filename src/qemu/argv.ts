@@ -20,7 +20,12 @@ export interface QemuConfig {
   serialLog: string;
   /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
   sshHostPort: number;
+  /** NICs on private networks: QEMU dgram netdevs between two UDP ports on 127.0.0.1. */
+  extraNics?: { id: string; mac: string; localPort: number; remotePort: number }[];
 }
+
+/** The MAC of the user-mode NIC (eth0), QEMU's default for a first NIC, set explicitly so network-config can rely on it. */
+export const USER_NIC_MAC = '52:54:00:12:34:56';
 
 /** Characters QEMU's option parser treats specially inside a value. */
 function optValue(value: string): string {
@@ -46,7 +51,11 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`,
     '-device', 'virtio-blk-pci,drive=seed0',
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
-    '-device', 'virtio-net-pci,netdev=net0',
+    '-device', `virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`,
+    ...(config.extraNics ?? []).flatMap((nic) => [
+      '-netdev', `dgram,id=${optValue(nic.id)},local.type=inet,local.host=127.0.0.1,local.port=${nic.localPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${nic.remotePort}`,
+      '-device', `virtio-net-pci,netdev=${optValue(nic.id)},mac=${optValue(nic.mac)}`,
+    ]),
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
     '-device', 'virtio-rng-pci,rng=rng0',
     '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
@@ -81,4 +90,23 @@ export function parseUsernetForwards(infoUsernet: string): UsernetForward[] {
 /** The host port of the first TCP forward to guestPort. */
 export function parseUsernetForward(infoUsernet: string, guestPort: number): number | undefined {
   return parseUsernetForwards(infoUsernet).find((f) => f.protocol === 'tcp' && f.guestPort === guestPort)?.hostPort;
+}
+
+export interface SnapshotInfo {
+  id: string;
+  tag: string;
+  /** Size of the saved memory state. */
+  vmStateBytes: number | undefined;
+}
+
+const UNITS: Record<string, number> = { B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
+
+/** The internal snapshots in HMP `info snapshots` output (QEMU 6.0+ layout: ID TAG VM SIZE DATE VM CLOCK ICOUNT). */
+export function parseSnapshots(infoSnapshots: string): SnapshotInfo[] {
+  const snapshots: SnapshotInfo[] = [];
+  for (const line of infoSnapshots.split(/\r?\n/)) {
+    const m = /^(\d+|--)\s+(\S+)\s+([\d.]+)\s+(B|KiB|MiB|GiB|TiB)\s+\d{4}-\d{2}-\d{2}/.exec(line.trim());
+    if (m) snapshots.push({ id: m[1]!, tag: m[2]!, vmStateBytes: Math.round(Number(m[3]) * UNITS[m[4]!]!) });
+  }
+  return snapshots;
 }

@@ -10,6 +10,7 @@ import { startGuest } from '../guest/start.ts';
 import type { GuestSpec } from '../guest/spec.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
+import { createNetwork, type GuestNetwork, type NetworkOptions } from '../network/network.ts';
 import { expectOneOf } from '../util/validate.ts';
 export { registerGuestMatchers, type HaveFileOptions, type HavePackageOptions, type HaveUserOptions, type ListenOnOptions } from './matchers.ts';
 
@@ -170,4 +171,24 @@ async function annotateAfterResult(context: ReportContext, message: string, type
   });
 }
 
-export type { StartedGuest, GuestSpec, GuestEvidence };
+/**
+ * A private network for test.extend, shared by name with the guests whose spec lists it:
+ *   const test = base.extend({ lan: networkFixture('lan'), a: guestFixture({ image, networks: ['lan'] }) })
+ * Fixtures may start in any order; the network lives until its fixture and every guest on it are done.
+ */
+export function networkFixture(name: string, options: Omit<NetworkOptions, 'name'> & { scope?: GuestFixtureScope } = {}): [NetworkFixtureFn, { scope: GuestFixtureScope }] {
+  const { scope = 'file', ...networkOptions } = options;
+  const fixture: NetworkFixtureFn = async ({}, use) => {
+    const network = await createNetwork({ ...networkOptions, name });
+    try {
+      await use(network);
+    } finally {
+      network.close();
+    }
+  };
+  return [fixture, { scope: expectOneOf('scope', scope, ['test', 'file', 'worker'] as const) }];
+}
+
+export type NetworkFixtureFn = (context: object, use: (network: GuestNetwork) => Promise<void>) => Promise<void>;
+
+export type { StartedGuest, GuestSpec, GuestEvidence, GuestNetwork };

@@ -69,6 +69,13 @@ describe('renderUserData', () => {
     expect(() => renderUserData({ ...input, cloudConfig: ['x'] as unknown as Record<string, unknown> })).toThrow(/plain object/);
   });
 
+  test('strings stay strings for a YAML 1.1 reader like cloud-init\'s PyYAML', () => {
+    const strings = { mac: '52:54:00:12:34:56', switch: 'on', answer: 'yes', time: '12:30', mode: '0644', number: '1_000' };
+    const { text } = rendered({ write_files: [{ path: '/etc/x', content: 'y', permissions: '0644' }], strings } as Record<string, unknown>);
+    // Parsed the way cloud-init parses it: every value comes back as the same string.
+    expect(parse(text, { version: '1.1' }).strings).toEqual(strings);
+  });
+
   test('long key lines are not folded', () => {
     const { text } = rendered();
     expect(text).toContain(clientKey.publicKey);

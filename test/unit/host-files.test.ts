@@ -61,12 +61,12 @@ async function digest(dir: string): Promise<string> {
 describe('directory copies through host tar', () => {
   test('copyFrom of a directory succeeds every time (host tar may exit before its stdin reports finish)', async () => {
     const want = await digest(path.join(root, 'src'));
-    for (let i = 0; i < 60; i++) {
+    for (let i = 0; i < 40; i++) {
       const out = path.join(root, `out-${i}`);
       await copyFromGuest(localGuest, path.join(root, 'src'), out);
       expect(await digest(out)).toBe(want);
     }
-  });
+  }, 120_000);
 
   test('copyTo of a directory keeps contents and modes', async () => {
     const out = path.join(root, 'to');

@@ -44,7 +44,7 @@ describe('buildQemuArgv', () => {
   test('virtio disk, seed, net and rng; seed read-only; overlay as qcow2', () => {
     const argv = buildQemuArgv(base);
     const devices = option(argv, '-device');
-    expect(devices).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0', 'virtio-blk-pci,drive=seed0', 'virtio-net-pci,netdev=net0', 'virtio-rng-pci,rng=rng0']));
+    expect(devices).toEqual(expect.arrayContaining(['virtio-blk-pci,drive=disk0', 'virtio-blk-pci,drive=seed0', 'virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56', 'virtio-rng-pci,rng=rng0']));
     const drives = option(argv, '-drive');
     expect(drives[0]).toMatch(/^if=none,id=disk0,file=\/inst\/disk\.qcow2,format=qcow2/);
     expect(drives[1]).toMatch(/file=\/inst\/cidata\.iso,format=raw,readonly=on/);

@@ -1,0 +1,70 @@
+// Private networks with real guests: two on "lan" reach each other by name, a third on "other"
+// cannot reach them, and a disconnect partitions a guest until reconnect. Both networks use the
+// same subnet on purpose: the third guest then has a route to lan's addresses, so only the
+// separation of the segments keeps it out (and not a missing route that sends it out via eth0).
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { createNetwork, startGuest, type GuestNetwork, type StartedGuest } from '../../src/index.ts';
+
+const SUBNET = '10.77.40.0/24';
+let lan: GuestNetwork;
+let other: GuestNetwork;
+let server: StartedGuest;
+let client: StartedGuest;
+let outsider: StartedGuest;
+
+// A one-line HTTP server on port 8000 of every interface, as a transient systemd service.
+const SERVE = ['systemd-run', '--unit=web', '--property=WorkingDirectory=/etc', 'python3', '-m', 'http.server', '8000'];
+// GET http://HOST:8000/hostname with a 3 s timeout: prints the status, exits non-zero on failure.
+const fetchFrom = (host: string) => ['python3', '-c', 'import sys,urllib.request as u; print(u.urlopen(f"http://{sys.argv[1]}:8000/hostname", timeout=3).read().decode().strip())', host];
+
+beforeAll(async () => {
+  lan = await createNetwork({ name: 'lan', subnet: SUBNET });
+  other = await createNetwork({ name: 'other', subnet: SUBNET });
+  [server, client, outsider] = await Promise.all([
+    startGuest({ image: 'debian-12', name: 'server', networks: ['lan'] }),
+    startGuest({ image: 'debian-12', name: 'client', networks: [{ name: 'lan', address: '10.77.40.99' }] }),
+    startGuest({ image: 'debian-12', name: 'outsider', networks: ['other'] }),
+  ]);
+  await server.succeed(SERVE, { sudo: true });
+  await server.waitForPort(8000);
+});
+
+afterAll(async () => {
+  await Promise.all([server, client, outsider].map((g) => g?.stop()));
+  lan?.close();
+  other?.close();
+});
+
+describe('private networks', () => {
+  test('each guest has its static address on eth1 and every member of its network in /etc/hosts', async () => {
+    expect(client.networks).toEqual([{ network: 'lan', address: '10.77.40.99', interfaceName: 'eth1', mac: expect.stringMatching(/^52:54:00:/) }]);
+    const serverAddress = lan.addressOf(server);
+    expect(await server.succeed(['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth1'])).toContain(`inet ${serverAddress}/24`);
+    expect((await client.succeed(['getent', 'hosts', 'server'])).split(/\s+/)[0]).toBe(serverAddress);
+    expect((await server.succeed(['getent', 'hosts', 'client'])).split(/\s+/)[0]).toBe('10.77.40.99');
+    // eth0 still has user-mode networking (and the default route).
+    expect(await client.succeed(['ip', 'route', 'show', 'default'])).toMatch(/via 10\.0\.2\.2 dev eth0/);
+  });
+
+  test('guests on one network reach each other by name; a guest on another network cannot', async () => {
+    expect((await client.succeed(fetchFrom('server'))).trim()).toBe('server');
+    const ping = await server.exec(['python3', '-c', 'import socket; s=socket.create_connection(("client", 22), 3); print(s.recv(64).decode().strip())']);
+    expect(ping.stdout).toMatch(/^SSH-2\.0-OpenSSH/);
+
+    expect((await outsider.exec(['getent', 'hosts', 'server'])).exitCode).not.toBe(0);
+    const blocked = await outsider.exec(fetchFrom(lan.addressOf(server)));
+    expect(blocked.exitCode).not.toBe(0);
+    expect(blocked.stderr).toMatch(/timed out|No route to host|unreachable/i);
+  });
+
+  test('disconnect partitions a guest from its network, reconnect ends the partition', async () => {
+    lan.disconnect(server);
+    expect(lan.members.find((m) => m.guestName === 'server')?.connected).toBe(false);
+    const cut = await client.exec(fetchFrom('server'));
+    expect(cut.exitCode).not.toBe(0);
+    expect(cut.stderr).toMatch(/timed out|No route to host|unreachable/i);
+    lan.reconnect(server);
+    expect((await client.succeed(fetchFrom('server'))).trim()).toBe('server');
+    expect(lan.stats.dropped).toBeGreaterThan(0);
+  });
+});
