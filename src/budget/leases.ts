@@ -158,14 +158,20 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
           await fs.rm(ticket, { force: true });
           return { admitted: true as const };
         }
-        return { admitted: false as const, ahead, used, limits, holders: leases.length };
+        const own = leases.filter((l) => l.owner.pid === owner.pid && l.owner.start === owner.start).map((l) => l.guest);
+        return { admitted: false as const, ahead, used, limits, holders: leases.length, own };
       });
       if (outcome.admitted) break;
       if (Date.now() - lastReport > 30_000) {
         lastReport = Date.now();
         options.log.info(
           `waiting for the budget: needs ${request.cpus} CPU/${request.memoryMiB} MiB; ${outcome.holders} guest(s) hold ` +
-            `${outcome.used.cpus}/${outcome.limits.cpus} CPU, ${outcome.used.memoryMiB}/${outcome.limits.memoryMiB} MiB; ${Math.max(0, outcome.ahead)} request(s) ahead`,
+            `${outcome.used.cpus}/${outcome.limits.cpus} CPU, ${outcome.used.memoryMiB}/${outcome.limits.memoryMiB} MiB; ${Math.max(0, outcome.ahead)} request(s) ahead` +
+            // The one wait that never ends by itself: a process holding the whole budget and waiting to start one more.
+            (outcome.own.length === outcome.holders && outcome.holders > 0
+              ? `. Every holder is a guest of this process (${outcome.own.join(', ')}): if it waits for ${options.guest} before stopping one of them, ` +
+                'it waits forever. Start fewer guests at once, give them fewer cpus/memoryMiB, or raise GUESTLAB_BUDGET_CPUS / GUESTLAB_BUDGET_MEMORY_MIB.'
+              : ''),
         );
       }
       await sleep(options.pollMs ?? 250, undefined, { signal: options.signal }).catch(() => undefined);
