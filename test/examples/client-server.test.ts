@@ -55,5 +55,5 @@ test('the app stores and reads a value on the db server over the private network
   await db.waitForUnit('kv.service');
   await db.waitForPort(7000);
   expect(await app.succeed(['getent', 'hosts', 'db'])).toMatch(new RegExp(`^${lan.addressOf(db).replaceAll('.', '\\.')}\\s`));
-  expect(await app.succeed(['kv', 'db', 'SET color blue', 'GET color'])).toBe('OK\nblue');
+  expect((await app.succeed(['kv', 'db', 'SET color blue', 'GET color'])).trim()).toBe('OK\nblue');
 });

@@ -43,5 +43,5 @@ test('a broken sshd change is caught and rolled back; the fixed one is applied a
     units: { enabled: [], disabled: ['e2scrub_all.timer'] },
   });
   // After the reload, new SSH sessions still get in.
-  expect(await bastion.succeed(['whoami'])).toBe('guestlab');
+  expect((await bastion.succeed(['whoami'])).trim()).toBe('guestlab');
 });
