@@ -132,6 +132,36 @@ describe('GuestNetwork', () => {
     fresh.close();
   });
 
+  test('a guest joining rewrites the network\'s /etc/hosts block on every running member', async () => {
+    const net = await createNetwork({ name: 'hosts', subnet: '10.9.0.0/24' });
+    networks.push(net);
+    const calls: { guest: string; argv: string[]; stdin?: string; sudo?: boolean }[] = [];
+    const member = (name: string, instanceId: string, fail = false) => ({
+      name,
+      instanceId,
+      stopped: false,
+      exec: async (argv: string[], options: { stdin?: string; sudo?: boolean } = {}) => {
+        calls.push({ guest: name, argv, stdin: options.stdin, sudo: options.sudo });
+        return { exitCode: fail ? 1 : 0, stderr: fail ? 'read-only file system' : '' };
+      },
+    });
+    await net.attach('a', 'a-1', 'eth1');
+    await net.joined(member('a', 'a-1'));
+    await net.attach('b', 'b-1', 'eth1');
+    await net.joined(member('b', 'b-1'));
+    expect(calls.map((c) => c.guest)).toEqual(['a', 'a', 'b']);
+    const last = calls.slice(1);
+    for (const call of last) {
+      expect(call.sudo).toBe(true);
+      expect(call.argv.slice(0, 2)).toEqual(['sh', '-c']);
+      expect(call.argv.slice(-2)).toEqual(['sh', 'hosts']); // the network name as "$1", not in the script
+      expect(call.stdin).toBe('# guestlab-network hosts begin\n10.9.0.10\ta.hosts a\n10.9.0.11\tb.hosts b\n# guestlab-network hosts end\n');
+    }
+    await net.attach('c', 'c-1', 'eth1');
+    await expect(net.joined(member('c', 'c-1', true))).rejects.toThrow(/Updating \/etc\/hosts of c for network hosts failed: read-only file system/);
+    for (const id of ['a-1', 'b-1', 'c-1']) net.detach(id);
+  });
+
   test('bad subnets and names are refused with the fix', async () => {
     expect(() => parseSubnet('10.0.0.0/8')).toThrow(/prefix from \/16 to \/29/);
     expect(() => parseSubnet('10.0.0.5/24')).toThrow(/host bits set; did you mean 10\.0\.0\.0\/24/);
