@@ -39,6 +39,12 @@ export interface ExecOptions {
   cwd?: string;
   /** Extra environment variables for the command. */
   env?: Record<string, string>;
+  /**
+   * Run on an SSH channel of its own instead of the guest's shared command shell. Commands with
+   * `stdin` or a `stdout` stream always do. Use it for a command that leaves a background process
+   * writing to its stdout or stderr: on the shared shell that output would go to later commands.
+   */
+  ownChannel?: boolean;
 }
 
 export interface ExecResult {
@@ -540,7 +546,8 @@ export class StartedGuest implements AsyncDisposable {
     const started = performance.now();
     const { timeoutMs } = options;
     const raw = await this.#parts.session
-      .exec(command, {
+      .run(command, {
+        ownChannel: options.ownChannel,
         stdin: options.stdin,
         stdout: options.stdout,
         signal: options.signal,

@@ -1,5 +1,8 @@
 // One SSH connection per guest (ssh2), with the guest's host key pinned. The only module that
-// imports ssh2's Client. Commands run as separate channels on the shared connection.
+// imports ssh2's Client. Commands run either on a long-lived command shell (a few of them, reused:
+// no per-command session setup in the guest's sshd) or on a channel of their own (stdin, streamed
+// stdout, or every command shell busy).
+import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import { finished } from 'node:stream/promises';
 import type { Readable, Writable } from 'node:stream';
@@ -34,7 +37,9 @@ export interface RawExecResult {
 }
 
 /** OpenSSH's default MaxSessions is 10; stay below it and queue the rest. */
-const MAX_CHANNELS = 8;
+const MAX_CHANNELS = 6;
+/** Long-lived command shells per connection, on top of MAX_CHANNELS. */
+const MAX_SHELLS = 2;
 
 const SIGNAL_NUMBERS: Record<string, number> = { HUP: 1, INT: 2, QUIT: 3, ILL: 4, ABRT: 6, FPE: 8, KILL: 9, SEGV: 11, PIPE: 13, ALRM: 14, TERM: 15 };
 
@@ -47,6 +52,10 @@ export class SshSession {
   #queue: (() => void)[] = [];
   /** Settles every command in flight with an error; used when the session is closed under them. */
   #inFlight = new Set<(error: Error) => void>();
+  #idleShells: CommandShell[] = [];
+  #shellCount = 0;
+  /** Set when a command shell could not be started; every command then gets a channel of its own. */
+  #shellsUnavailable: string | undefined;
 
   private constructor(endpoint: SshEndpoint, client: Client) {
     this.endpoint = endpoint;
@@ -115,11 +124,48 @@ export class SshSession {
     }
   }
 
+  /**
+   * Runs a command on one of the connection's long-lived command shells: the guest's sshd sets up
+   * no session for it, so a command costs little more than itself. Commands with stdin or a stdout
+   * stream, `ownChannel`, and commands that find every shell busy run on a channel of their own.
+   */
+  async run(command: string, options: RawExecOptions & { ownChannel?: boolean } = {}): Promise<RawExecResult> {
+    if (options.ownChannel || options.stdin !== undefined || options.stdout || this.#shellsUnavailable) return this.exec(command, options);
+    const lost = this.lost;
+    if (lost) throw new SshError(`Cannot run a command: ${lost}`);
+    let shell = this.#idleShells.pop();
+    if (!shell) {
+      if (this.#shellCount >= MAX_SHELLS) return this.exec(command, options);
+      this.#shellCount++;
+      try {
+        shell = await CommandShell.open(this.#client);
+      } catch (error) {
+        this.#shellCount--;
+        this.#shellsUnavailable = (error as Error).message;
+        return this.exec(command, options);
+      }
+    }
+    const failInFlight = (error: Error) => shell.destroy(error);
+    this.#inFlight.add(failInFlight);
+    try {
+      return await shell.run(command, options);
+    } catch (error) {
+      const lost = this.lost;
+      if (lost && error instanceof SshError && !(error instanceof AbortedError)) throw new SshError(`The command ended without an exit status: ${lost}: ${command}`, { cause: error });
+      throw error;
+    } finally {
+      this.#inFlight.delete(failInFlight);
+      if (shell.usable && !this.#closed) this.#idleShells.push(shell);
+      else this.#shellCount--;
+    }
+  }
+
   /** Close the connection; commands still running fail with `reason` (or a generic error). */
   close(reason?: Error): void {
     if (this.#closed) return;
     this.#closed = true;
     for (const fail of this.#inFlight) fail(reason ?? new SshError('The SSH session was closed while the command ran'));
+    this.#idleShells = [];
     this.#client.end();
     this.#client.destroy();
   }
@@ -200,5 +246,141 @@ export class SshSession {
         }
       });
     });
+  }
+}
+
+/**
+ * A `/bin/sh` reading commands from one SSH channel, one command at a time. Each command runs in a
+ * subshell with stdin from /dev/null; after it, the shell prints a marker with a fresh random token
+ * and the exit status on stdout, and the token on stderr. Everything before the markers is the
+ * command's output, byte for byte. A command that times out or is aborted on the host side takes
+ * the shell with it (the next command gets a new one).
+ */
+class CommandShell {
+  #channel: ClientChannel;
+  #dead: Error | undefined;
+  #current: { token: Buffer; stdout: Buffer[]; stderr: Buffer[]; exitCode?: number; stderrDone: boolean; check: () => void; fail: (error: Error) => void } | undefined;
+  #stdoutTail = Buffer.alloc(0);
+  #stderrTail = Buffer.alloc(0);
+
+  private constructor(channel: ClientChannel) {
+    this.#channel = channel;
+    channel.on('data', (chunk: Buffer) => this.#onData(chunk, 'stdout'));
+    channel.stderr.on('data', (chunk: Buffer) => this.#onData(chunk, 'stderr'));
+    channel.on('close', () => this.destroy(new SshError('The command shell closed')));
+    channel.on('error', (error: Error) => this.destroy(new SshError(`The command shell failed: ${error.message}`, { cause: error })));
+  }
+
+  static open(client: Client): Promise<CommandShell> {
+    return new Promise((resolve, reject) => {
+      // The login shell runs `exec /bin/sh`: the same user, environment and home directory as a
+      // command on a channel of its own.
+      client.exec('exec /bin/sh', (error, channel) => {
+        if (error) return reject(new SshError(`Could not open a command shell: ${error.message}`, { cause: error }));
+        resolve(new CommandShell(channel));
+      });
+    });
+  }
+
+  get usable(): boolean {
+    return !this.#dead && !this.#current;
+  }
+
+  destroy(reason: Error): void {
+    if (this.#dead) return;
+    this.#dead = reason;
+    this.#current?.fail(reason);
+    this.#channel.close();
+  }
+
+  run(command: string, options: RawExecOptions): Promise<RawExecResult> {
+    if (this.#dead) return Promise.reject(this.#dead);
+    if (this.#current) return Promise.reject(new SshError('A command shell runs one command at a time'));
+    if (options.signal?.aborted) return Promise.reject(new AbortedError('Guest command', { cause: options.signal.reason }));
+    const token = randomBytes(16).toString('hex');
+    return new Promise<RawExecResult>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const done = () => {
+        clearTimeout(timer);
+        options.signal?.removeEventListener('abort', onAbort);
+        this.#current = undefined;
+      };
+      const onAbort = () => this.destroy(new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }));
+      const current = {
+        token: Buffer.from(token),
+        stdout: [] as Buffer[],
+        stderr: [] as Buffer[],
+        exitCode: undefined as number | undefined,
+        stderrDone: false,
+        check: () => {
+          if (current.exitCode === undefined || !current.stderrDone) return;
+          done();
+          // A shell reports a command killed by a signal as 128 + its number.
+          resolve({ stdout: Buffer.concat(current.stdout), stderr: Buffer.concat(current.stderr), exitCode: current.exitCode, signal: undefined, timedOut: false });
+        },
+        fail: (error: Error) => {
+          done();
+          reject(error);
+        },
+      };
+      this.#current = current;
+      this.#stdoutTail = Buffer.alloc(0);
+      this.#stderrTail = Buffer.alloc(0);
+      if (options.timeoutMs) {
+        timer = setTimeout(() => {
+          done();
+          // What came so far, including bytes held back as a possible start of the marker.
+          const stdout = Buffer.concat([...current.stdout, this.#stdoutTail]);
+          const stderr = Buffer.concat([...current.stderr, this.#stderrTail]);
+          resolve({ stdout, stderr, exitCode: 255, signal: undefined, timedOut: true });
+          this.destroy(new SshError('The command shell was given up after a command timed out'));
+        }, options.timeoutMs);
+      }
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      // The newline before ")" ends the command even if it ends in a comment; "$?" of the subshell
+      // is the command's exit status.
+      this.#channel.write(`(\n${command}\n) </dev/null; printf '%s:%s\\n' ${token} "$?"; printf '%s\\n' ${token} >&2\n`);
+    });
+  }
+
+  /**
+   * Output goes to the current command until its marker. The marker can arrive split across chunks,
+   * so the last bytes that could be the start of one are held back until the next chunk.
+   */
+  #onData(chunk: Buffer, stream: 'stdout' | 'stderr'): void {
+    const current = this.#current;
+    if (!current) return; // output of something a finished command left running: nobody's
+    const done = stream === 'stdout' ? current.exitCode !== undefined : current.stderrDone;
+    if (done) return;
+    const data = Buffer.concat([stream === 'stdout' ? this.#stdoutTail : this.#stderrTail, chunk]);
+    const at = data.indexOf(current.token);
+    const sink = stream === 'stdout' ? current.stdout : current.stderr;
+    if (at === -1) {
+      const keep = Math.min(data.length, current.token.length + 8);
+      sink.push(data.subarray(0, data.length - keep));
+      if (stream === 'stdout') this.#stdoutTail = data.subarray(data.length - keep);
+      else this.#stderrTail = data.subarray(data.length - keep);
+      return;
+    }
+    const rest = data.subarray(at + current.token.length);
+    const newline = rest.indexOf(0x0a);
+    if (newline === -1) {
+      // The marker's end is still to come.
+      sink.push(data.subarray(0, at));
+      if (stream === 'stdout') this.#stdoutTail = data.subarray(at);
+      else this.#stderrTail = data.subarray(at);
+      return;
+    }
+    sink.push(data.subarray(0, at));
+    if (stream === 'stdout') {
+      this.#stdoutTail = Buffer.alloc(0);
+      const m = /^:(\d+)$/.exec(rest.subarray(0, newline).toString('latin1'));
+      if (!m) return this.destroy(new SshError(`The command shell printed a malformed status marker: ${JSON.stringify(rest.subarray(0, newline).toString('latin1'))}`));
+      current.exitCode = Number(m[1]);
+    } else {
+      this.#stderrTail = Buffer.alloc(0);
+      current.stderrDone = true;
+    }
+    current.check();
   }
 }
