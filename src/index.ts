@@ -1,5 +1,6 @@
 // The public API of 'guestlab'. Nothing else is exported.
 export { startGuest, type StartOptions } from './guest/start.ts';
+export { createTemplate, GuestTemplate, type TemplateTimings } from './guest/template.ts';
 export { StartedGuest, UnitFailedError, DiskFullError, type ExecOptions, type ExecResult, type SshInfo, type BootTimings } from './guest/started-guest.ts';
 export { WaitTimeoutError, type WaitOptions } from './guest/waits.ts';
 export type { WriteFileOptions, ReadFileOptions } from './guest/files.ts';

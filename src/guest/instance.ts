@@ -16,6 +16,8 @@ export const INSTANCE_FILES = {
   clientKey: 'id_ed25519',
   knownHosts: 'known_hosts',
   info: 'guest.json',
+  /** A template's saved RAM and device state (QEMU migration stream). */
+  state: 'vmstate',
   owner: OWNER_FILE,
 } as const;
 

@@ -1,5 +1,5 @@
-// startGuest(): the whole flow of one guest, image -> disk -> seed -> qemu -> ready.
-// Every resource is registered for teardown before the step that could leak it.
+// startGuest(): the whole flow of one guest, image -> disk -> seed -> qemu -> ready. Clones of a
+// template (template.ts) go through the same launchGuest() with a plan of their own.
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { acquireLease } from '../budget/leases.ts';
@@ -26,6 +26,8 @@ import { keepMode } from './keep.ts';
 import { registerLive } from './registry.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec } from './spec.ts';
 import { DiskFullError, shutdownParts, StartedGuest, type BootTimings, type GuestParts, type TeardownParts } from './started-guest.ts';
+import type { Logger } from '../log.ts';
+import type { ResolvedSpec } from './spec.ts';
 
 export interface StartOptions {
   signal?: AbortSignal;
@@ -36,52 +38,180 @@ const DEFAULT_MIN_FREE_DISK_MIB = 2048;
 
 /** Boot a guest and return it once SSH works and cloud-init is done. A string names fixtures/NAME.yaml. */
 export async function startGuest(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<StartedGuest> {
-  const spec = resolveSpec(typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture);
+  const spec = await specFrom(specOrFixture);
+  const launched = await launchGuest(await freshBootPlan(spec, options));
+  const guest = guestFromLaunch(launched);
+  // Now that it answers: every member of its networks (itself included) lists every other by name.
+  for (const network of launched.parts.networks ?? []) await network.joined(guest);
+  return guest;
+}
+
+export async function specFrom(specOrFixture: GuestSpec | string): Promise<ResolvedSpec> {
+  return resolveSpec(typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture);
+}
+
+/** What a launch puts into the instance directory before QEMU starts. */
+export interface PreparedDisk {
+  disk: string;
+  seed: string;
+  kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
+  clientPrivateKey: string;
+  hostPublicKey: string;
+  attachments: NetworkAttachment[];
+  /** QEMU `-incoming` URI: the guest resumes from a saved state instead of booting. */
+  incoming?: string | undefined;
+  /** The serial log already holds the console of the boot this guest was cloned from. */
+  serialAppend?: boolean | undefined;
+}
+
+type BootFailure = (phase: string, problem: string, details: { timedOut: boolean; cause?: unknown }) => Promise<Error>;
+
+/**
+ * One way to bring up a guest: a fresh boot, or a clone restored from a template. launchGuest()
+ * does everything the two share (budget, instance directory, QEMU, QMP, SSH) and calls these for
+ * the rest.
+ */
+export interface LaunchPlan {
+  spec: ResolvedSpec;
+  accel: Accel;
+  bootTimeoutMs: number;
+  log: Logger;
+  signal?: AbortSignal | undefined;
+  /** performance.now() when the start began; timings count from here. */
+  t0: number;
+  imageReadyMs: number;
+  /** Writes disk, seed and keys into the new instance directory. */
+  prepare(instance: InstanceDir, parts: TeardownParts): Promise<PreparedDisk>;
+  /** Once SSH is authenticated: wait for cloud-init, or fix up a restored clone. */
+  settle(session: SshSession, context: { bootFailure: BootFailure; deadline: number }): Promise<void>;
+  clonedFrom?: string | undefined;
+}
+
+export interface LaunchedGuest {
+  plan: LaunchPlan;
+  parts: GuestParts['parts'];
+  instance: InstanceDir;
+  port: number;
+  hostKey: string;
+  timings: BootTimings;
+  leaseWaitMs: number;
+  attachments: NetworkAttachment[];
+  /** The direct kernel boot it was started with (a clone must match its template's). */
+  kernel: PreparedDisk['kernel'];
+}
+
+/** The plan for a fresh boot from the image: new keys, a new seed, cloud-init to the end. */
+export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = {}): Promise<LaunchPlan> {
   const { signal } = options;
   const log = rootLog.child(spec.name);
   const t0 = performance.now();
+  const host = await probeHost();
+  const accel = chooseAccel(spec.accel, host.kvm);
+  await sweepOnce(log);
+  const image = await ensureImage(spec.image, { log, signal });
+  const imageReadyMs = Math.round(performance.now() - t0);
+  const bootTimeoutMs = spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[accel];
+  return {
+    spec,
+    accel,
+    bootTimeoutMs,
+    log,
+    signal,
+    t0,
+    imageReadyMs,
+    async prepare(instance, parts) {
+      const clientKey = generateEd25519(`guestlab@${instance.id}`);
+      const hostKey = generateEd25519(`root@${spec.name}`);
+      await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
+      await createOverlay(image.disk, instance.file('overlay'), signal);
+      const attachments: NetworkAttachment[] = [];
+      for (const [i, wanted] of spec.networks.entries()) {
+        const network = networkForGuest(wanted.name);
+        const attachment = await network.attach(spec.name, instance.id, `eth${i + 1}`, wanted.address);
+        (parts.networks ??= []).push(network);
+        attachments.push(attachment);
+      }
+      await writeSeedIso(instance.file('seed'), {
+        instanceId: instance.id,
+        hostname: spec.name,
+        user: spec.user,
+        authorizedKey: clientKey.publicKey,
+        hostKey,
+        cloudConfig: spec.cloudConfig,
+        privateNics: attachments,
+      }, signal);
+      return {
+        disk: instance.file('overlay'),
+        seed: instance.file('seed'),
+        kernel: { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline },
+        clientPrivateKey: clientKey.privateKey,
+        hostPublicKey: hostKey.publicKey,
+        attachments,
+      };
+    },
+    async settle(session, { bootFailure, deadline }) {
+      const status = await session.exec('cloud-init status --wait --long', { timeoutMs: Math.max(1000, deadline - Date.now()), signal });
+      if (signal?.aborted) throw new AbortedError(`Starting guest ${spec.name} (waiting for cloud-init)`, { cause: signal.reason });
+      const statusText = status.stdout.toString('utf8');
+      if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`, { timedOut: true });
+      const state = /^status:\s*(\S+)/m.exec(statusText)?.[1];
+      if (state !== 'done') {
+        const output = await session.exec('sudo -n tail -n 40 /var/log/cloud-init-output.log', { timeoutMs: 10_000 }).catch(() => undefined);
+        const detail = `${statusText.trim()}\n--- /var/log/cloud-init-output.log (last lines) ---\n${output?.stdout.toString('utf8').trim() ?? '(unavailable)'}`;
+        throw new CloudInitError(`cloud-init finished with status "${state ?? 'unknown'}" in guest ${spec.name}; check the cloudConfig entries named below.\n${detail}`, detail);
+      }
+    },
+  };
+}
+
+/** The StartedGuest for a launched QEMU. */
+export function guestFromLaunch(launched: LaunchedGuest): StartedGuest {
+  const { plan, parts, instance, port } = launched;
+  return new StartedGuest({
+    parts,
+    name: plan.spec.name,
+    image: plan.spec.image,
+    accel: plan.accel,
+    cpus: plan.spec.cpus,
+    memoryMiB: plan.spec.memoryMiB,
+    instance,
+    ssh: {
+      host: '127.0.0.1',
+      port,
+      user: plan.spec.user,
+      hostKey: launched.hostKey,
+      privateKeyPath: instance.file('clientKey'),
+      knownHostsPath: instance.file('knownHosts'),
+    },
+    timings: launched.timings,
+    leaseWaitMs: launched.leaseWaitMs,
+    networks: launched.attachments.map(({ network, address, interfaceName, mac }) => ({ network, address, interfaceName, mac })),
+    clonedFrom: plan.clonedFrom,
+  });
+}
+
+/**
+ * Everything a guest start shares, fresh or cloned: a budget lease, the instance directory, QEMU,
+ * QMP, the SSH forward, then banner and authentication. Every resource is registered for teardown
+ * before the step that could leak it; a failure tears down what exists.
+ */
+export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
+  const { spec, accel, bootTimeoutMs, log, signal, t0 } = plan;
   const since = () => Math.round(performance.now() - t0);
   const checkAbort = (what: string) => {
     if (signal?.aborted) throw new AbortedError(`Starting guest ${spec.name} (${what})`, { cause: signal.reason });
   };
-
-  const host = await probeHost();
-  const accel = chooseAccel(spec.accel, host.kvm);
-  const bootTimeoutMs = spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[accel];
-  const { instancesDir } = guestlabPaths();
-  await sweepOnce(log);
-  await preflightDisk(instancesDir);
-  const image = await ensureImage(spec.image, { log, signal });
-  const imageReadyMs = since();
   checkAbort('image ready');
-
+  const { instancesDir } = guestlabPaths();
+  await preflightDisk(instancesDir);
   const lease = await acquireLease({ guest: spec.name, cpus: spec.cpus, memoryMiB: spec.memoryMiB, log, signal });
   const parts: TeardownParts = { lease, log };
   try {
     const instance = await createInstanceDir(instancesDir, spec.name);
     parts.instance = instance;
     registerLive(instance.id, { dir: instance.dir, leaseId: lease.id });
-    log.debug(`booting ${spec.image} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB) in ${instance.dir}`);
-    const clientKey = generateEd25519(`guestlab@${instance.id}`);
-    const hostKey = generateEd25519(`root@${spec.name}`);
-    await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
-    await createOverlay(image.disk, instance.file('overlay'), signal);
-    const attachments: NetworkAttachment[] = [];
-    for (const [i, wanted] of spec.networks.entries()) {
-      const network = networkForGuest(wanted.name);
-      const attachment = await network.attach(spec.name, instance.id, `eth${i + 1}`, wanted.address);
-      (parts.networks ??= []).push(network);
-      attachments.push(attachment);
-    }
-    await writeSeedIso(instance.file('seed'), {
-      instanceId: instance.id,
-      hostname: spec.name,
-      user: spec.user,
-      authorizedKey: clientKey.publicKey,
-      hostKey,
-      cloudConfig: spec.cloudConfig,
-      privateNics: attachments,
-    }, signal);
+    log.debug(`${plan.clonedFrom ? `cloning ${plan.clonedFrom}` : `booting ${spec.image}`} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB) in ${instance.dir}`);
+    const prepared = await plan.prepare(instance, parts);
     checkAbort('disk and seed ready');
 
     const argv = buildQemuArgv({
@@ -90,13 +220,15 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
       accel,
       cpus: spec.cpus,
       memoryMiB: spec.memoryMiB,
-      disk: instance.file('overlay'),
-      seed: instance.file('seed'),
-      kernel: { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline },
+      disk: prepared.disk,
+      seed: prepared.seed,
+      kernel: prepared.kernel,
       qmpSocket: instance.file('qmp'),
       serialLog: instance.file('serial'),
+      serialAppend: prepared.serialAppend,
       sshHostPort: 0,
-      extraNics: attachments.map((a, i) => ({ id: `lan${i}`, mac: a.mac, localPort: a.qemuPort, remotePort: a.switchPort })),
+      extraNics: prepared.attachments.map((a, i) => ({ id: `lan${i}`, mac: a.mac, localPort: a.qemuPort, remotePort: a.switchPort })),
+      incoming: prepared.incoming,
     });
     const bootStarted = performance.now();
     const deadline = Date.now() + bootTimeoutMs;
@@ -114,22 +246,27 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
         parts.session?.close(parts.diskFull);
       }
     });
+    let restoreMs: number | undefined;
+    if (prepared.incoming) {
+      await resumeIncoming(qmp, qemu, deadline, spec.name);
+      restoreMs = since();
+    }
     const port = parseUsernetForward(await qmp.hmp('info usernet'), 22);
     if (!port) throw new QemuError(`QEMU did not report the SSH forward (info usernet); QEMU output:\n${qemu.outputTail()}`);
     const qemuStartedMs = since();
-    const endpoint = { host: '127.0.0.1', port, user: spec.user, privateKey: clientKey.privateKey, hostKey: hostKey.publicKey };
-    await fs.writeFile(instance.file('knownHosts'), `[127.0.0.1]:${port} ${hostKey.publicKey}\n`, { mode: 0o600 });
+    const endpoint = { host: '127.0.0.1', port, user: spec.user, privateKey: prepared.clientPrivateKey, hostKey: prepared.hostPublicKey };
+    await fs.writeFile(instance.file('knownHosts'), `[127.0.0.1]:${port} ${prepared.hostPublicKey}\n`, { mode: 0o600 });
     await fs.writeFile(
       instance.file('info'),
-      JSON.stringify({ id: instance.id, name: spec.name, image: spec.image, accel, cpus: spec.cpus, memoryMiB: spec.memoryMiB, sshPort: port, user: spec.user, qemuPid: qemu.pid, ownerPid: process.pid, startedAt: new Date().toISOString() }, null, 2) + '\n',
+      JSON.stringify({ id: instance.id, name: spec.name, image: spec.image, accel, cpus: spec.cpus, memoryMiB: spec.memoryMiB, sshPort: port, user: spec.user, qemuPid: qemu.pid, ownerPid: process.pid, clonedFrom: plan.clonedFrom, startedAt: new Date().toISOString() }, null, 2) + '\n',
       { mode: 0o600 },
     );
 
-    /** The error for a boot that went wrong, with the serial console's tail as evidence. */
-    const bootFailure = async (phase: string, problem: string, { timedOut, cause }: { timedOut: boolean; cause?: unknown }): Promise<Error> => {
+    /** The error for a start that went wrong, with the serial console's tail as evidence. */
+    const bootFailure: BootFailure = async (phase, problem, { timedOut, cause }) => {
       const serial = tailLines(await fs.readFile(instance.file('serial'), 'utf8').catch(() => ''), SERIAL_TAIL_LINES);
       const elapsed = ((performance.now() - bootStarted) / 1000).toFixed(1);
-      const text = `Guest ${spec.name} (${spec.image}, ${accel}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
+      const text = `Guest ${spec.name} (${spec.image}, ${accel}${plan.clonedFrom ? `, clone of ${plan.clonedFrom}` : ''}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
         `--- serial console, last ${SERIAL_TAIL_LINES} lines ---\n${serial || '(empty)'}`;
       if (qemu.hasExited) return new QemuError(`${text}\n--- QEMU output ---\n${qemu.outputTail()}`, { cause });
       return timedOut ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
@@ -164,49 +301,45 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
     parts.session = session;
     const sshReadyMs = since();
     log.debug(`SSH ready after ${(sshReadyMs / 1000).toFixed(1)}s`);
-
-    const status = await session.exec('cloud-init status --wait --long', { timeoutMs: Math.max(1000, deadline - Date.now()), signal }).catch((error: unknown) => {
+    await plan.settle(session, { bootFailure, deadline }).catch((error: unknown) => {
       throw parts.diskFull ?? error;
     });
-    checkAbort('waiting for cloud-init');
-    const statusText = status.stdout.toString('utf8');
-    if (status.timedOut) throw await bootFailure('cloud-init', `did not finish cloud-init within ${bootTimeoutMs} ms`, { timedOut: true });
-    const state = /^status:\s*(\S+)/m.exec(statusText)?.[1];
-    if (state !== 'done') {
-      const log = await session.exec('sudo -n tail -n 40 /var/log/cloud-init-output.log', { timeoutMs: 10_000 }).catch(() => undefined);
-      const detail = `${statusText.trim()}\n--- /var/log/cloud-init-output.log (last lines) ---\n${log?.stdout.toString('utf8').trim() ?? '(unavailable)'}`;
-      throw new CloudInitError(`cloud-init finished with status "${state ?? 'unknown'}" in guest ${spec.name}; check the cloudConfig entries named below.\n${detail}`, detail);
-    }
-    const timings: BootTimings = { imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since() };
+    checkAbort('settling');
+    const timings: BootTimings = { imageReadyMs: plan.imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since(), ...(restoreMs === undefined ? {} : { restoreMs }) };
     log.debug(`ready: ${JSON.stringify(timings)}`);
-    const guest = new StartedGuest({
+    return {
+      plan,
       // The same object the QMP event handler updates, now with every part set.
-      parts: parts as GuestParts["parts"],
-      name: spec.name,
-      image: spec.image,
-      accel,
-      cpus: spec.cpus,
-      memoryMiB: spec.memoryMiB,
+      parts: parts as GuestParts['parts'],
       instance,
-      ssh: {
-        host: endpoint.host,
-        port,
-        user: spec.user,
-        hostKey: hostKey.publicKey,
-        privateKeyPath: instance.file('clientKey'),
-        knownHostsPath: instance.file('knownHosts'),
-      },
+      port,
+      hostKey: prepared.hostPublicKey,
       timings,
       leaseWaitMs: lease.waitedMs,
-      networks: attachments.map(({ network, address, interfaceName, mac }) => ({ network, address, interfaceName, mac })),
-    });
-    // Now that it answers: every member of its networks (itself included) lists every other by name.
-    for (const network of parts.networks ?? []) await network.joined(guest);
-    return guest;
+      attachments: prepared.attachments,
+      kernel: prepared.kernel,
+    };
   } catch (error) {
     await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
     if (error instanceof SshError || error instanceof GuestlabError) throw error;
     throw new GuestlabError(`Starting guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+/** Waits for an incoming migration (-incoming) to load, then lets the guest run. */
+async function resumeIncoming(qmp: QmpClient, qemu: QemuProcess, deadline: number, name: string): Promise<void> {
+  for (;;) {
+    if (qemu.hasExited) throw new QemuError(`QEMU ${describeExit(await qemu.exited)} while restoring guest ${name}:\n${qemu.outputTail()}`);
+    const { status } = await qmp.execute<{ status: string }>('query-status');
+    if (status === 'running') return;
+    if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') {
+      // The template was saved paused; a restored clone stays paused until told to run.
+      await qmp.execute('cont');
+      return;
+    }
+    if (status !== 'inmigrate') throw new QemuError(`Restoring guest ${name} failed: QEMU is in state "${status}":\n${qemu.outputTail()}`);
+    if (Date.now() >= deadline) throw new BootTimeoutError(`Guest ${name}: restoring the saved state did not finish in time`, 0, 'restore');
+    await sleep(10);
   }
 }
 

@@ -74,7 +74,10 @@ export interface BootTimings {
   qemuStartedMs: number;
   sshBannerMs: number;
   sshReadyMs: number;
+  /** Ready: cloud-init done, or for a clone its state restored and its clock and RNG renewed. */
   cloudInitDoneMs: number;
+  /** A clone only: when the saved state had been loaded into its QEMU. */
+  restoreMs?: number;
 }
 
 /** What a guest holds; filled in as startGuest() goes, torn down by shutdownParts(). */
@@ -113,6 +116,8 @@ export interface GuestParts {
   /** How long the guest waited for room in the host-wide CPU/memory budget. */
   leaseWaitMs: number;
   networks: GuestNetworkInfo[];
+  /** Set for a guest cloned from a template: the template's id. */
+  clonedFrom?: string | undefined;
 }
 
 /** A unit waited for entered the failed state (systemd) or crashed (OpenRC). */
@@ -160,6 +165,8 @@ export class StartedGuest implements AsyncDisposable {
   readonly leaseWaitMs: number;
   /** Its NICs on private networks (spec `networks`). */
   readonly networks: readonly GuestNetworkInfo[];
+  /** The template this guest was cloned from (see GuestTemplate), or undefined for a fresh boot. */
+  readonly clonedFrom: string | undefined;
   #parts: GuestParts['parts'];
   #stopping: Promise<void> | undefined;
   #kept = false;
@@ -172,6 +179,7 @@ export class StartedGuest implements AsyncDisposable {
     this.#parts = parts.parts;
     this.leaseWaitMs = parts.leaseWaitMs;
     this.networks = parts.networks;
+    this.clonedFrom = parts.clonedFrom;
     this.name = parts.name;
     this.image = parts.image;
     this.accel = parts.accel;

@@ -18,6 +18,10 @@ export interface QemuConfig {
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
   qmpSocket: string;
   serialLog: string;
+  /** Append to the serial log instead of truncating it (a clone continues its template's console). */
+  serialAppend?: boolean | undefined;
+  /** Resume from a saved state (QEMU -incoming URI) instead of booting. */
+  incoming?: string | undefined;
   /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
   sshHostPort: number;
   /** NICs on private networks: QEMU dgram netdevs between two UDP ports on 127.0.0.1. */
@@ -60,12 +64,13 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-device', 'virtio-rng-pci,rng=rng0',
     '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp0,mode=control',
-    '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}`,
+    '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}${config.serialAppend ? ',append=on' : ''}`,
     '-serial', 'chardev:serial0',
   ];
   if (config.kernel) {
     argv.push('-kernel', config.kernel.kernel, '-initrd', config.kernel.initrd, '-append', config.kernel.cmdline);
   }
+  if (config.incoming) argv.push('-incoming', config.incoming);
   return argv;
 }
 

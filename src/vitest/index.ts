@@ -3,11 +3,12 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { afterEach, type TestAttachment, type TestContext } from 'vitest';
+import { afterAll, afterEach, type TestAttachment, type TestContext } from 'vitest';
 import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
 import { keepMode } from '../guest/keep.ts';
-import { startGuest } from '../guest/start.ts';
+import { specFrom, startGuest } from '../guest/start.ts';
 import type { GuestSpec } from '../guest/spec.ts';
+import { GuestTemplate } from '../guest/template.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
 import { createNetwork, type GuestNetwork, type NetworkOptions } from '../network/network.ts';
@@ -19,6 +20,12 @@ export type GuestFixtureScope = 'test' | 'file' | 'worker';
 export interface GuestFixtureOptions {
   /** How long one guest lives: one test, one file (default), or one worker. */
   scope?: GuestFixtureScope;
+  /**
+   * Start each guest as a clone of a template booted once for this fixture (see GuestTemplate)
+   * instead of a full boot: a fresh guest in a second or two. Default: true for scope 'test' (unless
+   * the spec joins private networks, which clones cannot), false otherwise.
+   */
+  clone?: boolean;
 }
 
 type FixtureContext = Partial<Pick<TestContext, 'signal' | 'task' | 'annotate'>>;
@@ -26,7 +33,7 @@ export type GuestFixtureFn = (context: FixtureContext, use: (guest: StartedGuest
 
 /** What guestlab records in `task.meta.guestlab` of a test that used a guest (JSON reporter). */
 export interface GuestTestMeta {
-  guests: { name: string; image: string; accel: string; bootMs: number; instanceId: string; evidence?: GuestEvidence; kept?: string }[];
+  guests: { name: string; image: string; accel: string; bootMs: number; instanceId: string; clonedFrom?: string; evidence?: GuestEvidence; kept?: string }[];
 }
 
 /**
@@ -39,9 +46,31 @@ export interface GuestTestMeta {
  */
 export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOptions = {}): [GuestFixtureFn, { scope: GuestFixtureScope }] {
   const scope = options.scope === undefined ? 'file' : expectOneOf('scope', options.scope, ['test', 'file', 'worker'] as const);
+  if (options.clone !== undefined && typeof options.clone !== 'boolean') throw new TypeError(`Expected \`clone\` to be true or false, got ${JSON.stringify(options.clone)}`);
   keepMode(); // a bad GUESTLAB_KEEP fails at collection, not after the first failure
   let current: StartedGuest | undefined;
   let failedTest: string | undefined;
+  // One template per fixture declaration, booted by the first test that needs it and released when
+  // the file is done. A template that failed to boot fails every test that asks for it, at once.
+  let template: Promise<GuestTemplate> | undefined;
+  const start = async (signal: AbortSignal | undefined): Promise<StartedGuest> => {
+    const startOptions = signal ? { signal } : {};
+    const resolved = await specFrom(spec);
+    const clone = options.clone ?? (scope === 'test' && resolved.networks.length === 0);
+    if (!clone) return startGuest(resolved, startOptions);
+    // A template outlives the test that happened to boot it: that test's signal does not apply.
+    template ??= GuestTemplate.create(resolved);
+    return (await template).clone(startOptions);
+  };
+  try {
+    afterAll(async () => {
+      const made = template;
+      template = undefined;
+      if (made) await (await made.catch(() => undefined))?.release();
+    });
+  } catch {
+    // Not declared while a test file is collected: the template goes when the process exits.
+  }
 
   // A shared (file or worker) guest learns of failures from an afterEach hook on the suite that
   // declares the fixture; a test-scoped guest sees its own test's result directly.
@@ -61,7 +90,7 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   }
 
   const run = async (context: FixtureContext, use: (guest: StartedGuest) => Promise<void>) => {
-    const guest = await startGuest(spec, context.signal ? { signal: context.signal } : {});
+    const guest = await start(context.signal);
     current = guest;
     try {
       const { task, annotate } = context;
@@ -109,8 +138,9 @@ async function recordGuest(guest: StartedGuest, context: ReportContext): Promise
   const meta = context.task.meta as { guestlab?: GuestTestMeta };
   meta.guestlab ??= { guests: [] };
   if (meta.guestlab.guests.some((g) => g.instanceId === guest.instanceId)) return;
-  meta.guestlab.guests.push({ name: guest.name, image: guest.image, accel: guest.accel, bootMs: guest.timings.cloudInitDoneMs, instanceId: guest.instanceId });
-  const message = `guest ${guest.name}: ${guest.image} on ${guest.accel}, ready ${(guest.timings.cloudInitDoneMs / 1000).toFixed(1)}s after start (instance ${guest.instanceId})`;
+  meta.guestlab.guests.push({ name: guest.name, image: guest.image, accel: guest.accel, bootMs: guest.timings.cloudInitDoneMs, instanceId: guest.instanceId, ...(guest.clonedFrom ? { clonedFrom: guest.clonedFrom } : {}) });
+  const how = guest.clonedFrom ? `cloned from template ${guest.clonedFrom}` : 'booted';
+  const message = `guest ${guest.name}: ${guest.image} on ${guest.accel}, ${how}, ready ${(guest.timings.cloudInitDoneMs / 1000).toFixed(1)}s after start (instance ${guest.instanceId})`;
   await annotateAfterResult(context, message, 'guestlab:guest');
 }
 
