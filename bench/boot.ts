@@ -1,12 +1,16 @@
-// npm run bench [-- --runs N --cpus N --exec N --json]
-// Boot-to-first-command (with phases), exec round trip and teardown of guestlab, next to the plain
-// shell baseline (bench/baseline.sh: qemu + genisoimage seed + ssh polling loop) on the same image,
-// in the same invocation. Prints a table (or JSON); asserts nothing.
+// npm run bench [-- --runs N --cpus N --exec N --clones N --suite N --json]
+// Everything a guest test pays for, each figure beside the plain shell baseline (bench/baseline.sh:
+// qemu + genisoimage seed + ssh polling loop) on the same image in the same invocation:
+//   1. boot to first command, with its phases; clone to first command (snapshot clones);
+//   2. per-command cost: a shell builtin on guestlab's command shell, a fresh SSH session per
+//      command, the guest's own fork+exec of /bin/true, and the baseline's ssh process per command;
+//   3. teardown; 4. the wall time of an N-guest suite (one command per guest), fresh and cloned.
+// Prints a table (or JSON) with the accelerator and the host; asserts nothing.
 import { execFile } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
-import { ensureImage, probeHost, startGuest } from 'guestlab';
+import { createTemplate, ensureImage, probeHost, startGuest, type StartedGuest } from 'guestlab';
 
 const { values } = parseArgs({
   options: {
@@ -16,90 +20,178 @@ const { values } = parseArgs({
     exec: { type: 'string', default: '200' },
     // A fresh ssh process per command costs about a second under TCG: fewer samples on that side.
     'baseline-exec': { type: 'string', default: '20' },
+    clones: { type: 'string', default: '5' },
+    suite: { type: 'string', default: '4' },
     json: { type: 'boolean', default: false },
     image: { type: 'string', default: 'debian-12' },
   },
 });
+process.env.GUESTLAB_QUIET ??= '1';
 const runs = Number(values.runs);
 const cpus = Number(values.cpus);
 const memoryMiB = Number(values.memory);
 const execCount = Number(values.exec);
 const baselineExecCount = Number(values['baseline-exec']);
+const cloneCount = Number(values.clones);
+const suiteSize = Number(values.suite);
+const log = (line: string) => process.stderr.write(`${line}\n`);
 
-interface Sample {
+interface BootSample {
   imageReadyMs: number;
   qemuStartedMs: number;
-  sshBannerMs?: number;
   sshReadyMs: number;
   cloudInitDoneMs: number;
   firstCommandMs: number;
   teardownMs: number;
-  execMs: number[];
 }
 
-const percentile = (values: number[], p: number) => {
-  const sorted = [...values].sort((a, b) => a - b);
+const percentile = (xs: number[], p: number) => {
+  const sorted = [...xs].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN;
 };
-const median = (values: number[]) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length / 2;
-  return sorted.length % 2 ? sorted[Math.floor(mid)]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+const median = (xs: number[]) => percentile(xs, 50);
+const timed = async <T>(fn: () => Promise<T>): Promise<[T, number]> => {
+  const start = performance.now();
+  const value = await fn();
+  return [value, performance.now() - start];
 };
-
-async function runBaseline(imageDir: string, accel: string): Promise<Sample> {
-  const script = path.join(import.meta.dirname, 'baseline.sh');
-  const { stdout } = await promisify(execFile)('bash', [script, imageDir, String(cpus), String(memoryMiB), accel, String(baselineExecCount)], { maxBuffer: 1 << 24 });
-  const raw = JSON.parse(stdout.trim().split('\n').at(-1)!) as Omit<Sample, 'execMs' | 'firstCommandMs'> & { execUs: number[] };
-  // A shell script's first command is its first successful ssh: the readiness probe itself.
-  return { ...raw, firstCommandMs: raw.cloudInitDoneMs, execMs: raw.execUs.map((us) => us / 1000) };
-}
-
-async function runGuestlab(image: string): Promise<Sample> {
-  const t0 = performance.now();
-  const guest = await startGuest({ image, cpus, memoryMiB });
-  await guest.succeed(['true']);
-  const firstCommandMs = performance.now() - t0;
-  const execMs: number[] = [];
-  for (let i = 0; i < execCount; i++) {
-    const start = performance.now();
-    await guest.exec(['true']);
-    execMs.push(performance.now() - start);
-  }
-  const stopStart = performance.now();
-  await guest.stop();
-  const teardownMs = performance.now() - stopStart;
-  return { ...guest.timings, firstCommandMs, teardownMs, execMs };
+async function samples(count: number, fn: () => Promise<unknown>): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) out.push((await timed(fn))[1]);
+  return out;
 }
 
 const host = await probeHost();
 const built = await ensureImage(values.image);
 const accel = host.kvm.usable ? 'kvm' : 'tcg';
-const results: { guestlab: Sample[]; baseline: Sample[] } = { guestlab: [], baseline: [] };
-for (let run = 0; run < runs; run++) {
-  // Alternate the order so neither side always boots on a warmer page cache.
-  const order = run % 2 === 0 ? (['baseline', 'guestlab'] as const) : (['guestlab', 'baseline'] as const);
-  for (const side of order) {
-    process.stderr.write(`run ${run + 1}/${runs}: ${side}...\n`);
-    results[side].push(side === 'baseline' ? await runBaseline(built.dir, accel) : await runGuestlab(values.image));
+
+async function runBaseline(count = baselineExecCount, guestCpus = cpus): Promise<BootSample & { execMs: number[] }> {
+  const script = path.join(import.meta.dirname, 'baseline.sh');
+  const { stdout } = await promisify(execFile)('bash', [script, built.dir, String(guestCpus), String(memoryMiB), accel, String(count)], { maxBuffer: 1 << 24 });
+  const raw = JSON.parse(stdout.trim().split('\n').at(-1)!) as Omit<BootSample, 'firstCommandMs'> & { execUs: number[] };
+  // A shell script's first command is its first successful ssh: the readiness probe itself.
+  return { ...raw, firstCommandMs: raw.cloudInitDoneMs, execMs: raw.execUs.map((us) => us / 1000) };
+}
+
+/** What one command costs on a running guest, several ways. */
+async function commandCosts(guest: StartedGuest) {
+  await guest.exec(['true']); // the command shell is open from here on
+  const builtin = await samples(execCount, () => guest.exec(['true']));
+  const binTrue = await samples(execCount, () => guest.exec(['/bin/true']));
+  const ownSession = await samples(Math.min(execCount, 50), () => guest.exec(['true'], { ownChannel: true }));
+  // The guest's own cost of starting a program, timed inside the guest.
+  const inGuest = await guest.succeed(['sh', '-c', 'n=200; s=$(date +%s%N); i=0; while [ $i -lt $n ]; do /bin/true; i=$((i+1)); done; e=$(date +%s%N); echo $(( (e - s) / n ))']);
+  return { builtin, binTrue, ownSession, inGuestBinTrueMs: Number(inGuest) / 1e6 };
+}
+
+async function runGuestlab() {
+  const t0 = performance.now();
+  const guest = await startGuest({ image: values.image, cpus, memoryMiB });
+  await guest.succeed(['true']);
+  const firstCommandMs = performance.now() - t0;
+  const costs = await commandCosts(guest);
+  const [, teardownMs] = await timed(() => guest.stop());
+  return { boot: { ...guest.timings, firstCommandMs, teardownMs } satisfies BootSample, costs };
+}
+
+async function runClones() {
+  const [template, templateMs] = await timed(() => createTemplate({ image: values.image, cpus, memoryMiB, name: 'bench-template' }));
+  try {
+    const clones: { firstCommandMs: number; restoreMs: number; sshReadyMs: number; teardownMs: number }[] = [];
+    for (let i = 0; i < cloneCount; i++) {
+      const t0 = performance.now();
+      const clone = await template.clone();
+      await clone.succeed(['true']);
+      const firstCommandMs = performance.now() - t0;
+      const [, teardownMs] = await timed(() => clone.stop());
+      clones.push({ firstCommandMs, restoreMs: clone.timings.restoreMs ?? NaN, sshReadyMs: clone.timings.sshReadyMs, teardownMs });
+    }
+    return { templateMs, saveMs: template.timings.saveMs, stateMiB: template.timings.stateBytes / 1048576, clones };
+  } finally {
+    await template.release();
   }
 }
 
-const rows: [string, (s: Sample[]) => number][] = [
-  ['image ready', (s) => median(s.map((x) => x.imageReadyMs))],
-  ['qemu started', (s) => median(s.map((x) => x.qemuStartedMs))],
-  ['ssh ready (banner+auth)', (s) => median(s.map((x) => x.sshReadyMs))],
-  ['cloud-init done', (s) => median(s.map((x) => x.cloudInitDoneMs))],
-  ['boot to first command', (s) => median(s.map((x) => x.firstCommandMs))],
-  ['exec round trip p50', (s) => percentile(s.flatMap((x) => x.execMs), 50)],
-  ['exec round trip p95', (s) => percentile(s.flatMap((x) => x.execMs), 95)],
-  ['teardown', (s) => median(s.map((x) => x.teardownMs))],
-];
-const summary = rows.map(([label, pick]) => {
-  const ours = pick(results.guestlab);
-  const theirs = pick(results.baseline);
-  return { label, guestlabMs: ours, baselineMs: theirs, ratio: theirs / ours };
-});
+/** N guests of 1 vCPU, one command each, as many at a time as the host budget allows. */
+async function runSuites() {
+  const one = async (guest: StartedGuest) => {
+    await guest.succeed(['true']);
+    await guest.stop();
+  };
+  const [, freshMs] = await timed(() => Promise.all(Array.from({ length: suiteSize }, async () => one(await startGuest({ image: values.image, cpus: 1, memoryMiB })))));
+  const [, clonedMs] = await timed(async () => {
+    const template = await createTemplate({ image: values.image, cpus: 1, memoryMiB, name: 'bench-suite' });
+    try {
+      await Promise.all(Array.from({ length: suiteSize }, async () => one(await template.clone())));
+    } finally {
+      await template.release();
+    }
+  });
+  // The baseline has no budget: run as many at once as there are cores.
+  const [, baselineMs] = await timed(async () => {
+    const queue = Array.from({ length: suiteSize }, (_, i) => i);
+    await Promise.all(Array.from({ length: Math.min(suiteSize, host.cores) }, async () => {
+      while (queue.shift() !== undefined) await runBaseline(0, 1);
+    }));
+  });
+  return { freshMs, clonedMs, baselineMs };
+}
+
+const guestlabRuns: Awaited<ReturnType<typeof runGuestlab>>[] = [];
+const baselineRuns: Awaited<ReturnType<typeof runBaseline>>[] = [];
+for (let run = 0; run < runs; run++) {
+  // Alternate the order so neither side always boots on a warmer page cache.
+  for (const side of run % 2 === 0 ? ['baseline', 'guestlab'] : ['guestlab', 'baseline']) {
+    log(`run ${run + 1}/${runs}: ${side} boot...`);
+    if (side === 'baseline') baselineRuns.push(await runBaseline());
+    else guestlabRuns.push(await runGuestlab());
+  }
+}
+log(`clones: a template, then ${cloneCount} clones one after another...`);
+const cloned = await runClones();
+log(`suite of ${suiteSize} guests: fresh, cloned, baseline...`);
+const suite = suiteSize > 0 ? await runSuites() : undefined;
+
+const ours = guestlabRuns.map((r) => r.boot);
+const bootRows: [string, number, number][] = (
+  [
+    ['image ready', (s) => s.imageReadyMs],
+    ['qemu started', (s) => s.qemuStartedMs],
+    ['ssh ready (banner+auth)', (s) => s.sshReadyMs],
+    ['cloud-init done', (s) => s.cloudInitDoneMs],
+    ['boot to first command', (s) => s.firstCommandMs],
+    ['teardown', (s) => s.teardownMs],
+  ] as [string, (s: BootSample) => number][]
+).map(([label, pick]) => [label, median(ours.map(pick)), median(baselineRuns.map(pick))]);
+const costs = guestlabRuns.map((r) => r.costs);
+const baselineExec = baselineRuns.flatMap((r) => r.execMs);
+const cloneFirst = cloned.clones.map((c) => c.firstCommandMs);
+const summary = {
+  boot: bootRows.map(([label, guestlab, baseline]) => ({ label, guestlabMs: guestlab, baselineMs: baseline, ratio: baseline / guestlab })),
+  clone: {
+    templateMs: cloned.templateMs,
+    saveMs: cloned.saveMs,
+    stateMiB: cloned.stateMiB,
+    cloneToFirstCommandMsMedian: median(cloneFirst),
+    cloneToFirstCommandMs: cloneFirst,
+    restoreMsMedian: median(cloned.clones.map((c) => c.restoreMs)),
+    teardownMsMedian: median(cloned.clones.map((c) => c.teardownMs)),
+    fullBootMs: median(ours.map((s) => s.firstCommandMs)),
+    baselineBootMs: median(baselineRuns.map((s) => s.firstCommandMs)),
+  },
+  perCommand: {
+    builtinP50: percentile(costs.flatMap((c) => c.builtin), 50),
+    builtinP95: percentile(costs.flatMap((c) => c.builtin), 95),
+    binTrueP50: percentile(costs.flatMap((c) => c.binTrue), 50),
+    binTrueP95: percentile(costs.flatMap((c) => c.binTrue), 95),
+    ownSessionP50: percentile(costs.flatMap((c) => c.ownSession), 50),
+    ownSessionP95: percentile(costs.flatMap((c) => c.ownSession), 95),
+    inGuestBinTrue: median(costs.map((c) => c.inGuestBinTrueMs)),
+    baselineSshP50: percentile(baselineExec, 50),
+    baselineSshP95: percentile(baselineExec, 95),
+  },
+  suite: suite && { guests: suiteSize, ...suite },
+};
 const context = {
   accel,
   host: `${os.cpus()[0]?.model ?? 'cpu'} x${host.cores}, ${Math.round(os.totalmem() / 1024 ** 3)} GiB, QEMU ${host.qemu.version}`,
@@ -111,13 +203,31 @@ const context = {
   baselineExecCount,
 };
 if (values.json) {
-  console.log(JSON.stringify({ context, summary, results }, null, 2));
+  console.log(JSON.stringify({ context, summary, guestlabRuns, baselineRuns, cloned }, null, 2));
 } else {
+  const row = (label: string, a: string, b: string, c: string) => console.log(`${label.padEnd(40)}${a.padStart(12)}${b.padStart(12)}${c.padStart(20)}`);
+  const ms = (x: number) => x.toFixed(1);
   console.log(`\nguestlab bench: ${context.image}, ${cpus} vCPU, ${memoryMiB} MiB, accel ${accel}, ${runs} run(s), ${execCount} execs (baseline ${baselineExecCount})`);
-  console.log(`host: ${context.host}`);
-  console.log(`${'phase (ms from start, median)'.padEnd(32)}${'guestlab'.padStart(12)}${'baseline'.padStart(12)}${'baseline/guestlab'.padStart(20)}`);
-  for (const row of summary) {
-    console.log(`${row.label.padEnd(32)}${row.guestlabMs.toFixed(1).padStart(12)}${row.baselineMs.toFixed(1).padStart(12)}${row.ratio.toFixed(2).padStart(20)}`);
+  console.log(`host: ${context.host}\n`);
+  row('boot (ms from start, median)', 'guestlab', 'baseline', 'baseline/guestlab');
+  for (const r of summary.boot) row(r.label, ms(r.guestlabMs), ms(r.baselineMs), r.ratio.toFixed(2));
+  const c = summary.clone;
+  row('clone to first command', ms(c.cloneToFirstCommandMsMedian), ms(c.baselineBootMs), (c.baselineBootMs / c.cloneToFirstCommandMsMedian).toFixed(2));
+  console.log(`  (template: booted and saved in ${ms(c.templateMs)} ms, save ${ms(c.saveMs)} ms, ${c.stateMiB.toFixed(0)} MiB of state; ` +
+    `clone restore ${ms(c.restoreMsMedian)} ms, first command ${cloneFirst.map(ms).join(' / ')} ms; full boot ${ms(c.fullBootMs)} ms)\n`);
+  const p = summary.perCommand;
+  row('per command (ms)', 'p50', 'p95', '');
+  row('builtin `true`, guestlab command shell', ms(p.builtinP50), ms(p.builtinP95), '');
+  row('/bin/true, guestlab command shell', ms(p.binTrueP50), ms(p.binTrueP95), '');
+  row('`true` on a new SSH session each', ms(p.ownSessionP50), ms(p.ownSessionP95), '');
+  row('baseline: a new ssh process each', ms(p.baselineSshP50), ms(p.baselineSshP95), '');
+  row('in-guest fork+exec of /bin/true', ms(p.inGuestBinTrue), '', '');
+  if (summary.suite) {
+    const s = summary.suite;
+    console.log('');
+    row(`suite of ${s.guests} guests, 1 vCPU, wall (ms)`, 'guestlab', 'baseline', 'baseline/guestlab');
+    row('fresh boots', ms(s.freshMs), ms(s.baselineMs), (s.baselineMs / s.freshMs).toFixed(2));
+    row('clones of a template (incl. its boot)', ms(s.clonedMs), ms(s.baselineMs), (s.baselineMs / s.clonedMs).toFixed(2));
   }
-  console.log('\nbaseline exec = a new ssh process per command (what a script does); guestlab exec = a channel on one pinned connection.');
+  console.log('\nbaseline exec = a new ssh process per command (what a script does); guestlab exec = the guest\'s command shell on one pinned connection.');
 }
