@@ -88,6 +88,27 @@ describe('buildQemuArgv', () => {
   });
 });
 
+describe('buildQemuArgv for a clone', () => {
+  test('a clone resumes from the saved state and appends to its console log; a boot does neither', () => {
+    const clone = buildQemuArgv({ ...base, incoming: "exec:cat '/inst/tmpl 1/vmstate'", serialAppend: true });
+    expect(option(clone, '-incoming')).toEqual(["exec:cat '/inst/tmpl 1/vmstate'"]);
+    expect(option(clone, '-chardev').find((c) => c.startsWith('file,'))).toBe('file,id=serial0,path=/inst/serial.log,append=on');
+    const boot = buildQemuArgv(base);
+    expect(option(boot, '-incoming')).toEqual([]);
+    expect(option(boot, '-chardev').find((c) => c.startsWith('file,'))).toBe('file,id=serial0,path=/inst/serial.log');
+  });
+
+  test('a clone has exactly the devices of its template: only paths, tag and the state differ', () => {
+    const template = buildQemuArgv(base);
+    const clone = buildQemuArgv({ ...base, tag: 'guestlab:instance=web-1-ffff:owner=1.2', disk: '/clone/disk.qcow2', qmpSocket: '/clone/qmp.sock', serialLog: '/clone/serial.log', serialAppend: true, incoming: 'exec:cat /t/vmstate' });
+    const devices = (argv: string[]) => option(argv, '-device');
+    expect(devices(clone)).toEqual(devices(template));
+    expect(option(clone, '-m')).toEqual(option(template, '-m'));
+    expect(option(clone, '-smp')).toEqual(option(template, '-smp'));
+    expect(option(clone, '-machine')).toEqual(option(template, '-machine'));
+  });
+});
+
 describe('parseUsernetForward', () => {
   // Captured from QEMU 7.2 `info usernet` with hostfwd=tcp:127.0.0.1:0-:22.
   const info = 'Hub -1 (n):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]   3       127.0.0.1 33841       10.0.2.15    22     0     0\r\n';

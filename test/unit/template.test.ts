@@ -1,0 +1,29 @@
+// Template keys and the fixture's clone option; the clones themselves are in test/integration/clone.test.ts.
+import { expect, test } from 'vitest';
+import { resolveSpec } from '../../src/guest/spec.ts';
+import { templateKey } from '../../src/guest/template.ts';
+import { guestFixture } from '../../src/vitest/index.ts';
+
+test('a template key changes with everything that changes the guest, not with the boot deadline', () => {
+  const key = (spec: Parameters<typeof resolveSpec>[0]) => templateKey(resolveSpec({ name: 'vm', ...spec }));
+  const basic = key({ image: 'debian-12' });
+  expect(key({ image: 'debian-12' })).toBe(basic);
+  expect(key({ image: 'debian-12', bootTimeoutMs: 5000 })).toBe(basic);
+  for (const other of [
+    { image: 'debian-12-web' },
+    { image: 'debian-12', cpus: 2 },
+    { image: 'debian-12', memoryMiB: 2048 },
+    { image: 'debian-12', name: 'other' },
+    { image: 'debian-12', user: 'alice' },
+    { image: 'debian-12', cloudConfig: { packages: ['curl'] } },
+    { image: 'debian-12', accel: 'tcg' as const },
+  ]) {
+    expect(key(other), JSON.stringify(other)).not.toBe(basic);
+  }
+});
+
+test('guestFixture takes clone: true/false and refuses anything else', () => {
+  expect(guestFixture({ image: 'debian-12' }, { scope: 'test', clone: false })[1]).toEqual({ scope: 'test' });
+  expect(guestFixture({ image: 'debian-12' }, { clone: true })[1]).toEqual({ scope: 'file' });
+  expect(() => guestFixture({ image: 'debian-12' }, { clone: 'yes' as unknown as boolean })).toThrow(/Expected `clone` to be true or false, got "yes"/);
+});
