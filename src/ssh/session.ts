@@ -250,7 +250,15 @@ export class SshSession {
 }
 
 /**
- * A `/bin/sh` reading commands from one SSH channel, one command at a time. Each command runs in a
+ * What the login shell runs to become a command shell: itself again, reading commands from stdin,
+ * so that commands are parsed and run exactly as on a channel of their own (sshd runs those with
+ * `$SHELL -c`): the same shell, user, environment and home directory. /bin/sh for a login shell
+ * that is not a POSIX shell.
+ */
+export const COMMAND_SHELL = 'case "$SHELL" in */bash|*/sh|*/dash|*/ash|*/ksh|*/mksh|*/zsh) exec "$SHELL" ;; *) exec /bin/sh ;; esac';
+
+/**
+ * A shell reading commands from one SSH channel, one command at a time. Each command runs in a
  * subshell with stdin from /dev/null; after it, the shell prints a marker with a fresh random token
  * and the exit status on stdout, and the token on stderr. Everything before the markers is the
  * command's output, byte for byte. A command that times out or is aborted on the host side takes
@@ -273,9 +281,7 @@ class CommandShell {
 
   static open(client: Client): Promise<CommandShell> {
     return new Promise((resolve, reject) => {
-      // The login shell runs `exec /bin/sh`: the same user, environment and home directory as a
-      // command on a channel of its own.
-      client.exec('exec /bin/sh', (error, channel) => {
+      client.exec(COMMAND_SHELL, (error, channel) => {
         if (error) return reject(new SshError(`Could not open a command shell: ${error.message}`, { cause: error }));
         resolve(new CommandShell(channel));
       });

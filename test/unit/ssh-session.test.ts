@@ -7,7 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import ssh2 from 'ssh2';
 import { generateEd25519, publicKeyBlob } from '../../src/ssh/keys.ts';
-import { SshSession } from '../../src/ssh/session.ts';
+import { COMMAND_SHELL, SshSession } from '../../src/ssh/session.ts';
 
 const hostKey = generateEd25519('test-host');
 const clientKey = generateEd25519('test-client');
@@ -75,6 +75,12 @@ test('commands on the command shell get their own stdout, stderr and exit status
   expect(text(await session.run("printf '%s|' 'a\nb' c"))).toEqual({ stdout: 'a\nb|c|', stderr: '', exitCode: 0 });
 });
 
+test('the command shell is the login shell: a command means the same as on a channel of its own', async () => {
+  for (const command of ["echo 'a\\nb'", 'printf %s "${BASH_VERSION:-not bash}"', 'echo "$HOME $USER $PATH"', 'pwd']) {
+    expect(text(await session.run(command)), command).toEqual(text(await session.run(command, { ownChannel: true })));
+  }
+});
+
 test('one shell serves command after command; state does not carry over between commands', async () => {
   const before = execRequests.length;
   for (let i = 0; i < 30; i++) expect((await session.run(`echo ${i}`)).stdout.toString()).toBe(`${i}\n`);
@@ -98,8 +104,8 @@ test('concurrent commands: two shells, then channels of their own; each gets its
   expect(results.map(text)).toEqual(Array.from({ length: 6 }, (_, i) => ({ stdout: `${i}\n`, stderr: `e${i}\n`, exitCode: 0 })));
   // Six at once: the shells were busy, so at least four ran on channels of their own.
   const opened = execRequests.slice(before);
-  expect(opened.filter((c) => c !== 'exec /bin/sh').length).toBeGreaterThanOrEqual(4);
-  expect(opened.filter((c) => c === 'exec /bin/sh').length).toBeLessThanOrEqual(1);
+  expect(opened.filter((c) => c !== COMMAND_SHELL).length).toBeGreaterThanOrEqual(4);
+  expect(opened.filter((c) => c === COMMAND_SHELL).length).toBeLessThanOrEqual(1);
 });
 
 test('stdin and ownChannel take a channel of their own', async () => {
