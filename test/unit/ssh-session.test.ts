@@ -1,5 +1,5 @@
 // SshSession against a real SSH server (ssh2's Server on 127.0.0.1) whose exec requests run the
-// real /bin/sh of this host, as sshd would: the command shell's framing, its reuse, and the
+// real login shell of this host, as sshd would: the command shell's framing, its reuse, and the
 // fallbacks to a channel of its own, without the latency of a TCG guest hiding races.
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -12,6 +12,7 @@ import { COMMAND_SHELL, SshSession } from '../../src/ssh/session.ts';
 const hostKey = generateEd25519('test-host');
 const clientKey = generateEd25519('test-client');
 const execRequests: string[] = [];
+const loginShell = process.env.SHELL && /\/(bash|sh|dash)$/.test(process.env.SHELL) ? process.env.SHELL : '/bin/sh';
 let server: ssh2.Server;
 let session: SshSession;
 
@@ -27,7 +28,8 @@ beforeAll(async () => {
       accept().on('exec', (acceptExec, _reject, info) => {
         execRequests.push(info.command);
         const channel = acceptExec();
-        const child = spawn('/bin/sh', ['-c', info.command], { stdio: ['pipe', 'pipe', 'pipe'] });
+        // As sshd does: the login shell (here this process's $SHELL) runs the command with -c.
+        const child = spawn(loginShell, ['-c', info.command], { stdio: ['pipe', 'pipe', 'pipe'] });
         channel.pipe(child.stdin).on('error', () => {});
         child.stdout.pipe(channel, { end: false });
         child.stderr.pipe(channel.stderr, { end: false });
