@@ -9,7 +9,7 @@ import { writeSeedIso } from '../cloud-init/seed.ts';
 import { createOverlay } from '../disk/overlay.ts';
 import { freeDiskBytes, probeHost } from '../host/probe.ts';
 import { ensureImage } from '../images/builder.ts';
-import { log as rootLog } from '../log.ts';
+import { log as rootLog, type Logger } from '../log.ts';
 import { buildQemuArgv, parseUsernetForward, type Accel } from '../qemu/argv.ts';
 import { describeExit, launchQemu, type QemuProcess } from '../qemu/process.ts';
 import { QmpClient } from '../qemu/qmp.ts';
@@ -24,10 +24,8 @@ import { expectPositiveInteger } from '../util/validate.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
 import { keepMode } from './keep.ts';
 import { registerLive } from './registry.ts';
-import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec } from './spec.ts';
+import { DEFAULT_BOOT_TIMEOUT_MS, loadFixture, resolveSpec, type GuestSpec, type ResolvedSpec } from './spec.ts';
 import { DiskFullError, shutdownParts, StartedGuest, type BootTimings, type GuestParts, type TeardownParts } from './started-guest.ts';
-import type { Logger } from '../log.ts';
-import type { ResolvedSpec } from './spec.ts';
 
 export interface StartOptions {
   signal?: AbortSignal;

@@ -12,7 +12,6 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortedError, GuestlabError, QemuError } from '../errors.ts';
 import { createOverlay } from '../disk/overlay.ts';
 import { ensureImage } from '../images/builder.ts';
-import { log as rootLog } from '../log.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import { writePrivateFile } from '../util/fs.ts';
@@ -122,7 +121,7 @@ export class GuestTemplate implements AsyncDisposable {
       spec,
       accel,
       bootTimeoutMs,
-      log: rootLog.child(spec.name),
+      log: template.plan.log,
       signal,
       t0,
       imageReadyMs: Math.round(performance.now() - t0),

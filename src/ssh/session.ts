@@ -268,8 +268,8 @@ class CommandShell {
   #channel: ClientChannel;
   #dead: Error | undefined;
   #current: { token: Buffer; stdout: Buffer[]; stderr: Buffer[]; exitCode?: number; stderrDone: boolean; check: () => void; fail: (error: Error) => void } | undefined;
-  #stdoutTail = Buffer.alloc(0);
-  #stderrTail = Buffer.alloc(0);
+  /** Per stream, bytes held back because they could be the start of the current marker. */
+  #tail = { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
 
   private constructor(channel: ClientChannel) {
     this.#channel = channel;
@@ -330,14 +330,13 @@ class CommandShell {
         },
       };
       this.#current = current;
-      this.#stdoutTail = Buffer.alloc(0);
-      this.#stderrTail = Buffer.alloc(0);
+      this.#tail = { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) };
       if (options.timeoutMs) {
         timer = setTimeout(() => {
           done();
           // What came so far, including bytes held back as a possible start of the marker.
-          const stdout = Buffer.concat([...current.stdout, this.#stdoutTail]);
-          const stderr = Buffer.concat([...current.stderr, this.#stderrTail]);
+          const stdout = Buffer.concat([...current.stdout, this.#tail.stdout]);
+          const stderr = Buffer.concat([...current.stderr, this.#tail.stderr]);
           resolve({ stdout, stderr, exitCode: 255, signal: undefined, timedOut: true });
           this.destroy(new SshError('The command shell was given up after a command timed out'));
         }, options.timeoutMs);
@@ -358,33 +357,29 @@ class CommandShell {
     if (!current) return; // output of something a finished command left running: nobody's
     const done = stream === 'stdout' ? current.exitCode !== undefined : current.stderrDone;
     if (done) return;
-    const data = Buffer.concat([stream === 'stdout' ? this.#stdoutTail : this.#stderrTail, chunk]);
+    const data = Buffer.concat([this.#tail[stream], chunk]);
     const at = data.indexOf(current.token);
-    const sink = stream === 'stdout' ? current.stdout : current.stderr;
+    const sink = current[stream];
     if (at === -1) {
       const keep = Math.min(data.length, current.token.length + 8);
       sink.push(data.subarray(0, data.length - keep));
-      if (stream === 'stdout') this.#stdoutTail = data.subarray(data.length - keep);
-      else this.#stderrTail = data.subarray(data.length - keep);
+      this.#tail[stream] = data.subarray(data.length - keep);
       return;
     }
+    sink.push(data.subarray(0, at));
     const rest = data.subarray(at + current.token.length);
     const newline = rest.indexOf(0x0a);
     if (newline === -1) {
       // The marker's end is still to come.
-      sink.push(data.subarray(0, at));
-      if (stream === 'stdout') this.#stdoutTail = data.subarray(at);
-      else this.#stderrTail = data.subarray(at);
+      this.#tail[stream] = data.subarray(at);
       return;
     }
-    sink.push(data.subarray(0, at));
+    this.#tail[stream] = Buffer.alloc(0);
     if (stream === 'stdout') {
-      this.#stdoutTail = Buffer.alloc(0);
       const m = /^:(\d+)$/.exec(rest.subarray(0, newline).toString('latin1'));
       if (!m) return this.destroy(new SshError(`The command shell printed a malformed status marker: ${JSON.stringify(rest.subarray(0, newline).toString('latin1'))}`));
       current.exitCode = Number(m[1]);
     } else {
-      this.#stderrTail = Buffer.alloc(0);
       current.stderrDone = true;
     }
     current.check();

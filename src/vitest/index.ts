@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, afterEach, type TestAttachment, type TestContext } from 'vitest';
 import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
 import { keepMode } from '../guest/keep.ts';
-import { specFrom, startGuest } from '../guest/start.ts';
+import { startGuest } from '../guest/start.ts';
 import type { GuestSpec } from '../guest/spec.ts';
 import { GuestTemplate } from '../guest/template.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
@@ -49,26 +49,27 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   keepMode(); // a bad GUESTLAB_KEEP fails at collection, not after the first failure
   let current: StartedGuest | undefined;
   let failedTest: string | undefined;
-  // One template per fixture declaration, booted by the first test that needs it and released when
-  // the file is done. A template that failed to boot fails every test that asks for it, at once.
+  // With clone: true, one template per fixture declaration, booted by the first test that needs it
+  // and released when the file is done. A template that failed to boot fails every test that asks
+  // for it, at once.
   let template: Promise<GuestTemplate> | undefined;
   const start = async (signal: AbortSignal | undefined): Promise<StartedGuest> => {
     const startOptions = signal ? { signal } : {};
-    const resolved = await specFrom(spec);
-    const clone = options.clone ?? false;
-    if (!clone) return startGuest(resolved, startOptions);
+    if (!options.clone) return startGuest(spec, startOptions);
     // A template outlives the test that happened to boot it: that test's signal does not apply.
-    template ??= GuestTemplate.create(resolved);
+    template ??= GuestTemplate.create(spec);
     return (await template).clone(startOptions);
   };
-  try {
-    afterAll(async () => {
-      const made = template;
-      template = undefined;
-      if (made) await (await made.catch(() => undefined))?.release();
-    });
-  } catch {
-    // Not declared while a test file is collected: the template goes when the process exits.
+  if (options.clone) {
+    try {
+      afterAll(async () => {
+        const made = template;
+        template = undefined;
+        if (made) await (await made.catch(() => undefined))?.release();
+      });
+    } catch {
+      // Not declared while a test file is collected: the template goes when the process exits.
+    }
   }
 
   // A shared (file or worker) guest learns of failures from an afterEach hook on the suite that
