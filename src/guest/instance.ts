@@ -18,6 +18,8 @@ export const INSTANCE_FILES = {
   info: 'guest.json',
   /** A template's saved RAM and device state (QEMU migration stream). */
   state: 'vmstate',
+  /** A template's guest RAM: a file its QEMU shares, which clones map copy-on-write. */
+  memory: 'ram',
   owner: OWNER_FILE,
 } as const;
 

@@ -58,6 +58,12 @@ export interface PreparedDisk {
   attachments: NetworkAttachment[];
   /** QEMU `-incoming` URI: the guest resumes from a saved state instead of booting. */
   incoming?: string | undefined;
+  /**
+   * The saved state leaves out guest RAM held in a shared file (migration capability
+   * x-ignore-shared): the clone maps that file copy-on-write (`memoryFile`) instead of loading it.
+   */
+  incomingIgnoresShared?: boolean | undefined;
+  memoryFile?: { path: string; shared: boolean } | undefined;
   /** The serial log already holds the console of the boot this guest was cloned from. */
   serialAppend?: boolean | undefined;
 }
@@ -226,7 +232,8 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       serialAppend: prepared.serialAppend,
       sshHostPort: 0,
       extraNics: prepared.attachments.map((a, i) => ({ id: `lan${i}`, mac: a.mac, localPort: a.qemuPort, remotePort: a.switchPort })),
-      incoming: prepared.incoming,
+      incoming: prepared.incoming && prepared.incomingIgnoresShared ? 'defer' : prepared.incoming,
+      memoryFile: prepared.memoryFile,
     });
     const bootStarted = performance.now();
     const deadline = Date.now() + bootTimeoutMs;
@@ -246,6 +253,10 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
     });
     let restoreMs: number | undefined;
     if (prepared.incoming) {
+      if (prepared.incomingIgnoresShared) {
+        await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+        await qmp.execute('migrate-incoming', { uri: prepared.incoming });
+      }
       await resumeIncoming(qmp, qemu, deadline, spec.name);
       restoreMs = since();
     }

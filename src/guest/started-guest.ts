@@ -151,6 +151,19 @@ const GUEST_KILL_AFTER_S = 2;
 /** The host gives up on a timed-out command this long after the guest should have killed it. */
 const HOST_BACKSTOP_MS = GUEST_KILL_AFTER_S * 1000 + 5_000;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Builtins of every POSIX shell that change nothing in the shell running them. */
+const STATELESS_BUILTINS = new Set(['true', 'false', ':', 'test', '[', 'echo', 'printf', 'pwd']);
+
+/**
+ * A command the command shell may run without a subshell: a stateless builtin with nothing around
+ * it (no sudo, timeout, env or cwd), and not `printf -v`, which assigns a variable in bash.
+ */
+export function isStatelessBuiltin(argv: readonly string[], options: Pick<ExecOptions, 'sudo' | 'timeoutMs' | 'env' | 'cwd'>): boolean {
+  const [name, first] = argv;
+  if (name === undefined || !STATELESS_BUILTINS.has(name)) return false;
+  if (options.sudo || options.timeoutMs !== undefined || options.env || options.cwd !== undefined) return false;
+  return !(name === 'printf' && first?.startsWith('-'));
+}
 
 export class StartedGuest implements AsyncDisposable {
   readonly name: string;
@@ -213,7 +226,7 @@ export class StartedGuest implements AsyncDisposable {
   /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
   async exec(argv: string[], options: ExecOptions = {}): Promise<ExecResult> {
     if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
-    return this.#run(this.#commandLine(argv, options), options);
+    return this.#run(this.#commandLine(argv, options), { ...options, stateless: isStatelessBuiltin(argv, options) });
   }
 
   /** Runs a script through `sh -c`. */
@@ -549,7 +562,7 @@ export class StartedGuest implements AsyncDisposable {
     if (this.#parts.diskFull) throw this.#parts.diskFull;
   }
 
-  async #run(command: string, options: ExecOptions): Promise<ExecResult> {
+  async #run(command: string, options: ExecOptions & { stateless?: boolean }): Promise<ExecResult> {
     this.#checkUsable();
     const started = performance.now();
     const { timeoutMs } = options;
@@ -559,6 +572,7 @@ export class StartedGuest implements AsyncDisposable {
         stdin: options.stdin,
         stdout: options.stdout,
         signal: options.signal,
+        stateless: options.stateless,
         timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
       })
       .catch((error: unknown) => {

@@ -44,6 +44,33 @@ const FIXUP_SCRIPT = [
   'else echo "neither perl nor python3 to reseed the RNG" >&2; exit 3; fi',
 ].join('\n');
 
+/**
+ * The fast path of the same fix-up. Before the template is saved, a root process waits on a FIFO
+ * that only the guest's user may write; every clone is restored with that process still waiting.
+ * The clone then writes the time and the seed into the FIFO from its command shell (shell builtins:
+ * no sudo, no new SSH session) and reads the waiter's answer from a second FIFO.
+ */
+const RESUME_DIR = '/run/guestlab';
+const RESUME_WAITER = [
+  'set -e',
+  `install -d -m 0755 ${RESUME_DIR}`,
+  `rm -f ${RESUME_DIR}/resume ${RESUME_DIR}/resumed`,
+  `mkfifo -m 0620 ${RESUME_DIR}/resume`,
+  `mkfifo -m 0640 ${RESUME_DIR}/resumed`,
+  `chgrp "$1" ${RESUME_DIR}/resume ${RESUME_DIR}/resumed`,
+  `exec systemd-run --quiet --unit=guestlab-resume --service-type=exec --property=CollectMode=inactive-or-failed perl -e "$2"`,
+].join('\n');
+const RESUME_PERL = [
+  `open(my $in, "<", "${RESUME_DIR}/resume") or die "resume: $!\\n";`,
+  'my ($now, $seed) = split(" ", scalar(<$in>) // "");',
+  'my $error = "";',
+  '$error = "bad request" unless defined $seed && $now =~ /^[0-9.]+$/ && $seed =~ /^[0-9a-f]+$/;',
+  '$error ||= "date failed" if system("date", "-u", "-s", "\\@$now") != 0;',
+  'if (!$error) { if (open(my $r, ">", "/dev/urandom")) { $error = "RNDRESEEDCRNG: $!" unless syswrite($r, pack("H*", $seed)) && ioctl($r, 0x5207, 0); } else { $error = "/dev/urandom: $!"; } }',
+  `open(my $out, ">", "${RESUME_DIR}/resumed") or die "resumed: $!\\n";`,
+  'print $out ($error ? "error: $error\\n" : "ok\\n");',
+].join(' ');
+
 export class GuestTemplate implements AsyncDisposable {
   /** The template's instance id; clones name it in `clonedFrom`. */
   readonly id: string;
@@ -51,9 +78,12 @@ export class GuestTemplate implements AsyncDisposable {
   readonly timings: TemplateTimings;
   readonly #launched: LaunchedGuest;
   readonly #statePath: string;
+  /** A root process waits in the saved state to fix up each clone (the fast path). */
+  readonly #resumeWaiter: boolean;
   #released: Promise<void> | undefined;
 
-  private constructor(launched: LaunchedGuest, statePath: string, timings: TemplateTimings) {
+  private constructor(launched: LaunchedGuest, statePath: string, timings: TemplateTimings, resumeWaiter: boolean) {
+    this.#resumeWaiter = resumeWaiter;
     this.#launched = launched;
     this.#statePath = statePath;
     this.id = launched.instance.id;
@@ -73,14 +103,27 @@ export class GuestTemplate implements AsyncDisposable {
           'come up with the same addresses. Boot such guests fresh (guestFixture option clone: false, or startGuest()).',
       );
     }
-    const launched = await launchGuest(await freshBootPlan(spec, options));
+    // The template's RAM lives in a file of its instance directory, so that the saved state can
+    // leave it out (x-ignore-shared) and clones map it copy-on-write instead of loading a copy.
+    const fresh = await freshBootPlan(spec, options);
+    const launched = await launchGuest({
+      ...fresh,
+      async prepare(instance, parts) {
+        return { ...(await fresh.prepare(instance, parts)), memoryFile: { path: instance.file('memory'), shared: true } };
+      },
+    });
     const { parts, instance } = launched;
     const statePath = instance.file('state');
     try {
       const started = performance.now();
+      // Where it can, a root process waits in the saved state to fix up each clone (see RESUME_WAITER).
+      const waiter = await parts.session.exec(`sudo -n sh -c ${quoteArg(RESUME_WAITER)} sh ${quoteArg(spec.user)} ${quoteArg(RESUME_PERL)}`, { timeoutMs: 60_000 });
+      const resumeWaiter = waiter.exitCode === 0;
+      if (!resumeWaiter) launched.plan.log.debug(`no resume waiter in template ${instance.id} (clones take the sudo path): ${waiter.stderr.toString('utf8').trim()}`);
       // No SSH connection is saved half-open into the state: clones start without one.
       parts.session.close();
       await parts.qmp.execute('stop');
+      await parts.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
       await parts.qmp.execute('migrate', { uri: `exec:cat > ${quoteArg(statePath)}` });
       await waitForMigration(parts.qmp, spec.name);
       const saveMs = Math.round(performance.now() - started);
@@ -89,9 +132,11 @@ export class GuestTemplate implements AsyncDisposable {
       // QEMU goes, its budget lease with it; the directory stays as the clones' base.
       await shutdownParts({ ...parts, instance: undefined });
       await fs.chmod(instance.file('overlay'), 0o400);
+      // Not 0400: QEMU opens the file read-write even to map it copy-on-write (share=off).
+      await fs.chmod(instance.file('memory'), 0o600);
       registerLive(instance.id, { dir: instance.dir, pid: undefined, leaseId: undefined });
       launched.plan.log.debug(`template ${instance.id} saved in ${saveMs} ms (${(stateBytes / 1048576).toFixed(0)} MiB of state)`);
-      return new GuestTemplate(launched, statePath, { boot: launched.timings, saveMs, stateBytes });
+      return new GuestTemplate(launched, statePath, { boot: launched.timings, saveMs, stateBytes }, resumeWaiter);
     } catch (error) {
       await shutdownParts(parts).catch(() => undefined);
       throw error instanceof GuestlabError ? error : new GuestlabError(`Saving template of guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
@@ -141,13 +186,26 @@ export class GuestTemplate implements AsyncDisposable {
           hostPublicKey: template.hostKey,
           attachments: [],
           incoming: `exec:cat ${quoteArg(statePath)}`,
+          incomingIgnoresShared: true,
+          memoryFile: { path: from.file('memory'), shared: false },
           serialAppend: true,
         };
       },
-      async settle(session) {
+      settle: async (session) => {
         const seed = randomBytes(64).toString('hex');
+        if (this.#resumeWaiter) {
+          const now = (Date.now() / 1000).toFixed(3);
+          const answer = await session.run(`printf '%s %s\\n' ${now} ${seed} > ${RESUME_DIR}/resume && read -r answer < ${RESUME_DIR}/resumed && echo "$answer"`, { timeoutMs: 15_000, signal });
+          if (answer.exitCode === 0 && answer.stdout.toString('utf8') === 'ok\n') return;
+          template.plan.log.debug(`clone of ${from.id}: the resume waiter did not answer (${answer.timedOut ? 'timed out' : answer.stdout.toString('utf8').trim() || `exit code ${answer.exitCode}`}); using sudo`);
+        }
+        // The clock and RNG fixup on a channel of its own while the command shell opens beside it:
+        // both are the guest's first work after the restore, when TCG has nothing translated yet.
         const now = (Date.now() / 1000).toFixed(3);
-        const result = await session.run(`sudo -n sh -c ${quoteArg(FIXUP_SCRIPT)} sh ${now} ${seed}`, { timeoutMs: 60_000, signal });
+        const [result] = await Promise.all([
+          session.exec(`sudo -n sh -c ${quoteArg(FIXUP_SCRIPT)} sh ${now} ${seed}`, { timeoutMs: 60_000, signal }),
+          session.run('true', { signal, stateless: true }),
+        ]);
         if (signal?.aborted) throw new AbortedError(`Cloning guest ${spec.name}`, { cause: signal.reason });
         if (result.exitCode !== 0) {
           throw new GuestlabError(`Guest ${spec.name} (clone of ${from.id}) could not set its clock or reseed its RNG (exit code ${result.exitCode}): ${result.stderr.toString('utf8').trim()}`);

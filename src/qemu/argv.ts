@@ -20,8 +20,16 @@ export interface QemuConfig {
   serialLog: string;
   /** Append to the serial log instead of truncating it (a clone continues its template's console). */
   serialAppend?: boolean | undefined;
-  /** Resume from a saved state (QEMU -incoming URI) instead of booting. */
+  /**
+   * Resume from a saved state (QEMU -incoming URI) instead of booting. `defer` waits for QMP
+   * migrate-incoming, so that migration capabilities can be set first.
+   */
   incoming?: string | undefined;
+  /**
+   * Guest RAM in a file instead of anonymous memory. `shared`: the guest writes into the file (a
+   * template); otherwise the file is mapped copy-on-write (MAP_PRIVATE) and stays untouched (a clone).
+   */
+  memoryFile?: { path: string; shared: boolean } | undefined;
   /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
   sshHostPort: number;
   /** NICs on private networks: QEMU dgram netdevs between two UDP ports on 127.0.0.1. */
@@ -43,10 +51,13 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-smbios', `type=11,value=${optValue(config.tag)}`,
     '-nodefaults', '-no-user-config',
     '-display', 'none', '-vga', 'none',
-    '-machine', 'q35',
+    '-machine', config.memoryFile ? 'q35,memory-backend=ram0' : 'q35',
     ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', 'max']),
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,
+    ...(config.memoryFile
+      ? ['-object', `memory-backend-file,id=ram0,size=${config.memoryMiB}M,mem-path=${optValue(config.memoryFile.path)},share=${config.memoryFile.shared ? 'on' : 'off'}`]
+      : []),
     // Throwaway overlays: never wait for the host to flush them.
     // A full host disk pauses the guest (werror=enospc) and raises BLOCK_IO_ERROR, which guestlab
     // turns into an error instead of a guest that hangs.

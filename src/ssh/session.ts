@@ -26,6 +26,11 @@ export interface RawExecOptions {
   stdout?: Writable | undefined;
   timeoutMs?: number | undefined;
   signal?: AbortSignal | undefined;
+  /**
+   * The command cannot change the state of the shell that runs it (a builtin such as `test` or
+   * `printf`), so a command shell may run it in place instead of in a subshell: no fork.
+   */
+  stateless?: boolean | undefined;
 }
 
 export interface RawExecResult {
@@ -343,8 +348,10 @@ class CommandShell {
       }
       options.signal?.addEventListener('abort', onAbort, { once: true });
       // The newline before ")" ends the command even if it ends in a comment; "$?" of the subshell
-      // is the command's exit status.
-      this.#channel.write(`(\n${command}\n) </dev/null; printf '%s:%s\\n' ${token} "$?"; printf '%s\\n' ${token} >&2\n`);
+      // is the command's exit status. A stateless command runs in place: a subshell is a fork, which
+      // under TCG costs more than the builtin itself.
+      const framed = options.stateless ? `${command} </dev/null` : `(\n${command}\n) </dev/null`;
+      this.#channel.write(`${framed}; printf '%s:%s\\n' ${token} "$?"; printf '%s\\n' ${token} >&2\n`);
     });
   }
 

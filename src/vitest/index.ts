@@ -6,9 +6,9 @@ import path from 'node:path';
 import { afterAll, afterEach, type TestAttachment, type TestContext } from 'vitest';
 import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
 import { keepMode } from '../guest/keep.ts';
-import { startGuest } from '../guest/start.ts';
-import type { GuestSpec } from '../guest/spec.ts';
-import { GuestTemplate } from '../guest/template.ts';
+import { specFrom, startGuest } from '../guest/start.ts';
+import type { GuestSpec, ResolvedSpec } from '../guest/spec.ts';
+import { GuestTemplate, templateKey } from '../guest/template.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
 import { createNetwork, type GuestNetwork, type NetworkOptions } from '../network/network.ts';
@@ -22,7 +22,8 @@ export interface GuestFixtureOptions {
   scope?: GuestFixtureScope;
   /**
    * Start each guest as a clone of a template booted once for this fixture (see GuestTemplate)
-   * instead of a full boot. Default false: clones are still being validated under TCG (issue 6).
+   * instead of a full boot: a fresh guest in a second or two. Default: true for scope 'test'
+   * (unless the spec joins private networks, whose guests cannot be templates), false otherwise.
    */
   clone?: boolean;
 }
@@ -52,20 +53,25 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   // With clone: true, one template per fixture declaration, booted by the first test that needs it
   // and released when the file is done. A template that failed to boot fails every test that asks
   // for it, at once.
-  let template: Promise<GuestTemplate> | undefined;
+  const clone = options.clone ?? scope === 'test';
+  let template: SharedTemplate | undefined;
+  let canClone: Promise<boolean> | undefined;
   const start = async (signal: AbortSignal | undefined): Promise<StartedGuest> => {
     const startOptions = signal ? { signal } : {};
-    if (!options.clone) return startGuest(spec, startOptions);
-    // A template outlives the test that happened to boot it: that test's signal does not apply.
-    template ??= GuestTemplate.create(spec);
-    return (await template).clone(startOptions);
+    if (!clone) return startGuest(spec, startOptions);
+    const resolved = specFrom(spec);
+    // Asked for explicitly, a spec on private networks gets GuestTemplate's error; by default it boots fresh.
+    canClone ??= options.clone ? Promise.resolve(true) : resolved.then((r) => r.networks.length === 0);
+    if (!(await canClone)) return startGuest(spec, startOptions);
+    template ??= acquireTemplate(await resolved);
+    return (await template.template).clone(startOptions);
   };
-  if (options.clone) {
+  if (clone) {
     try {
       afterAll(async () => {
-        const made = template;
+        const held = template;
         template = undefined;
-        if (made) await (await made.catch(() => undefined))?.release();
+        if (held) await releaseTemplate(held);
       });
     } catch {
       // Not declared while a test file is collected: the template goes when the process exits.
@@ -111,6 +117,41 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   const fixture: GuestFixtureFn =
     scope === 'test' ? async ({ signal, task, annotate }, use) => run({ signal, task, annotate }, use) : async ({}, use) => run({}, use);
   return [fixture, { scope }];
+}
+
+interface SharedTemplate {
+  key: string;
+  template: Promise<GuestTemplate>;
+  abort: AbortController;
+  users: number;
+}
+
+/**
+ * This process's templates by templateKey: fixtures declared with the same spec (in one file, or in
+ * the files a non-isolated worker runs) share one template. A template outlives the test that
+ * happened to boot it, so it takes no test's signal; its last fixture's afterAll aborts a boot
+ * still running and removes it.
+ */
+const templates = new Map<string, SharedTemplate>();
+
+function acquireTemplate(spec: ResolvedSpec): SharedTemplate {
+  const key = templateKey(spec);
+  let shared = templates.get(key);
+  if (!shared) {
+    const abort = new AbortController();
+    shared = { key, abort, users: 0, template: GuestTemplate.create(spec, { signal: abort.signal }) };
+    shared.template.catch(() => undefined); // failures reach the tests that await it
+    templates.set(key, shared);
+  }
+  shared.users++;
+  return shared;
+}
+
+async function releaseTemplate(shared: SharedTemplate): Promise<void> {
+  if (--shared.users > 0) return;
+  templates.delete(shared.key);
+  shared.abort.abort(new Error('no test file uses this template any more'));
+  await (await shared.template.catch(() => undefined))?.release();
 }
 
 /** Stops the guest, or keeps it after a failure when GUESTLAB_KEEP=on-failure. */
