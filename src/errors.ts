@@ -22,7 +22,8 @@ export type GuestlabErrorCode =
   | 'ERR_DISK_FULL'
   | 'ERR_WAIT_TIMEOUT'
   | 'ERR_UNIT_FAILED'
-  | 'ERR_ABORTED';
+  | 'ERR_ABORTED'
+  | 'ERR_DOWNLOAD';
 
 export class GuestlabError extends Error {
   override name = 'GuestlabError';

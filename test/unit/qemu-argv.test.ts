@@ -98,9 +98,21 @@ describe('buildQemuArgv for a clone', () => {
     expect(option(boot, '-chardev').find((c) => c.startsWith('file,'))).toBe('file,id=serial0,path=/inst/serial.log');
   });
 
+  test('template RAM is a file the template shares and a clone maps copy-on-write', () => {
+    const template = buildQemuArgv({ ...base, memoryMiB: 768, memoryFile: { path: '/inst/tmpl,1/ram', shared: true } });
+    expect(option(template, '-machine')).toEqual(['q35,memory-backend=ram0']);
+    expect(option(template, '-object')).toContain('memory-backend-file,id=ram0,size=768M,mem-path=/inst/tmpl,,1/ram,share=on');
+    const clone = buildQemuArgv({ ...base, memoryMiB: 768, memoryFile: { path: '/inst/tmpl,1/ram', shared: false }, incoming: 'defer' });
+    expect(option(clone, '-object')).toContain('memory-backend-file,id=ram0,size=768M,mem-path=/inst/tmpl,,1/ram,share=off');
+    expect(option(clone, '-incoming')).toEqual(['defer']);
+    // A plain guest keeps anonymous memory.
+    expect(option(buildQemuArgv(base), '-object').some((o) => o.startsWith('memory-backend'))).toBe(false);
+    expect(option(buildQemuArgv(base), '-machine')).toEqual(['q35']);
+  });
+
   test('a clone has exactly the devices of its template: only paths, tag and the state differ', () => {
-    const template = buildQemuArgv(base);
-    const clone = buildQemuArgv({ ...base, tag: 'guestlab:instance=web-1-ffff:owner=1.2', disk: '/clone/disk.qcow2', qmpSocket: '/clone/qmp.sock', serialLog: '/clone/serial.log', serialAppend: true, incoming: 'exec:cat /t/vmstate' });
+    const template = buildQemuArgv({ ...base, memoryFile: { path: '/t/ram', shared: true } });
+    const clone = buildQemuArgv({ ...base, memoryFile: { path: '/t/ram', shared: false }, tag: 'guestlab:instance=web-1-ffff:owner=1.2', disk: '/clone/disk.qcow2', qmpSocket: '/clone/qmp.sock', serialLog: '/clone/serial.log', serialAppend: true, incoming: 'defer' });
     const devices = (argv: string[]) => option(argv, '-device');
     expect(devices(clone)).toEqual(devices(template));
     expect(option(clone, '-m')).toEqual(option(template, '-m'));

@@ -92,6 +92,17 @@ test('one shell serves command after command; state does not carry over between 
   expect(after.stdout).toBe(`${process.cwd()}\nleak=\n`);
 });
 
+test('a stateless command runs in the command shell itself (no subshell); any other command in a subshell', async () => {
+  // Only a command run in the shell itself can leave a variable behind in it.
+  await session.run('GUESTLAB_PROBE=in-place', { stateless: true });
+  expect((await session.run('echo "${GUESTLAB_PROBE:-}"')).stdout.toString()).toBe('in-place\n');
+  await session.run('GUESTLAB_PROBE=subshell');
+  expect((await session.run('echo "${GUESTLAB_PROBE:-}"')).stdout.toString()).toBe('in-place\n');
+  await session.run('unset GUESTLAB_PROBE', { stateless: true });
+  expect(text(await session.run('test -d /', { stateless: true }))).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+  expect(text(await session.run("printf '%s\\n' x >&2; false", { stateless: true }))).toEqual({ stdout: '', stderr: 'x\n', exitCode: 1 });
+});
+
 test('outputs of every size come back whole, wherever the marker falls in a chunk', async () => {
   for (const size of [1, 31, 32, 33, 40, 41, 4095, 4096, 32767, 32768, 32769, 65536 + 5, 1024 * 1024 + 7]) {
     const result = await session.run(`f=$(mktemp); head -c ${size} /dev/urandom > "$f"; cat "$f"; cat "$f" >&2; rm -f "$f"`).catch((e) => { throw new Error(`size ${size}: ${e.message}`); });

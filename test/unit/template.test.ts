@@ -2,6 +2,7 @@
 import { expect, test } from 'vitest';
 import { resolveSpec } from '../../src/guest/spec.ts';
 import { templateKey } from '../../src/guest/template.ts';
+import { isStatelessBuiltin } from '../../src/guest/started-guest.ts';
 import { guestFixture } from '../../src/vitest/index.ts';
 
 test('a template key changes with everything that changes the guest, not with the boot deadline', () => {
@@ -26,4 +27,16 @@ test('guestFixture takes clone: true/false and refuses anything else', () => {
   expect(guestFixture({ image: 'debian-12' }, { scope: 'test', clone: false })[1]).toEqual({ scope: 'test' });
   expect(guestFixture({ image: 'debian-12' }, { clone: true })[1]).toEqual({ scope: 'file' });
   expect(() => guestFixture({ image: 'debian-12' }, { clone: 'yes' as unknown as boolean })).toThrow(/Expected `clone` to be true or false, got "yes"/);
+});
+
+test('only builtins that change nothing in the shell, with nothing around them, skip the subshell', () => {
+  for (const argv of [['true'], ['false'], [':'], ['test', '-e', '/x'], ['[', '-d', '/', ']'], ['echo', 'a b'], ['printf', '%s', 'x'], ['pwd']]) {
+    expect(isStatelessBuiltin(argv, {}), argv.join(' ')).toBe(true);
+  }
+  for (const argv of [['cd', '/'], ['export', 'A=1'], ['exit', '3'], ['read', 'x'], ['/bin/true'], ['printf', '-v', 'x', 'y'], ['eval', 'x'], ['.', 'f'], []]) {
+    expect(isStatelessBuiltin(argv, {}), argv.join(' ')).toBe(false);
+  }
+  for (const options of [{ sudo: true }, { timeoutMs: 1000 }, { env: { A: '1' } }, { cwd: '/' }]) {
+    expect(isStatelessBuiltin(['true'], options), JSON.stringify(options)).toBe(false);
+  }
 });
