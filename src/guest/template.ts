@@ -235,10 +235,13 @@ export function createTemplate(spec: GuestSpec | string, options: StartOptions =
   return GuestTemplate.create(spec, options);
 }
 
-/** Everything about a spec that changes what a template holds. */
-export function templateKey(spec: ResolvedSpec): string {
-  const { bootTimeoutMs: _ignored, ...rest } = spec;
-  return createHash('sha256').update(JSON.stringify(rest)).digest('hex').slice(0, 16);
+/**
+ * Everything about a spec that changes what a template holds. `anyName`: the spec did not ask for
+ * a name (it got a random one), so specs that differ only in that name share a key.
+ */
+export function templateKey(spec: ResolvedSpec, options: { anyName?: boolean } = {}): string {
+  const { bootTimeoutMs: _ignored, name, ...rest } = spec;
+  return createHash('sha256').update(JSON.stringify({ ...rest, name: options.anyName ? undefined : name })).digest('hex').slice(0, 16);
 }
 
 async function waitForMigration(qmp: QmpClient, name: string): Promise<void> {

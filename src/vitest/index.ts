@@ -6,8 +6,8 @@ import path from 'node:path';
 import { afterAll, afterEach, type TestAttachment, type TestContext } from 'vitest';
 import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
 import { keepMode } from '../guest/keep.ts';
-import { specFrom, startGuest } from '../guest/start.ts';
-import type { GuestSpec, ResolvedSpec } from '../guest/spec.ts';
+import { startGuest } from '../guest/start.ts';
+import { loadFixture, resolveSpec, type GuestSpec, type ResolvedSpec } from '../guest/spec.ts';
 import { GuestTemplate, templateKey } from '../guest/template.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
@@ -55,15 +55,16 @@ export function guestFixture(spec: GuestSpec | string, options: GuestFixtureOpti
   // for it, at once.
   const clone = options.clone ?? scope === 'test';
   let template: SharedTemplate | undefined;
-  let canClone: Promise<boolean> | undefined;
+  let resolved: Promise<{ spec: ResolvedSpec; anyName: boolean }> | undefined;
   const start = async (signal: AbortSignal | undefined): Promise<StartedGuest> => {
     const startOptions = signal ? { signal } : {};
     if (!clone) return startGuest(spec, startOptions);
-    const resolved = specFrom(spec);
+    // Resolved once per declaration: a spec without a name gets one random name for all its clones.
+    resolved ??= (typeof spec === 'string' ? loadFixture(spec) : Promise.resolve(spec)).then((raw) => ({ spec: resolveSpec(raw), anyName: raw.name === undefined }));
+    const { spec: resolvedSpec, anyName } = await resolved;
     // Asked for explicitly, a spec on private networks gets GuestTemplate's error; by default it boots fresh.
-    canClone ??= options.clone ? Promise.resolve(true) : resolved.then((r) => r.networks.length === 0);
-    if (!(await canClone)) return startGuest(spec, startOptions);
-    template ??= acquireTemplate(await resolved);
+    if (!options.clone && resolvedSpec.networks.length) return startGuest(spec, startOptions);
+    template ??= acquireTemplate(resolvedSpec, anyName);
     return (await template.template).clone(startOptions);
   };
   if (clone) {
@@ -134,8 +135,8 @@ interface SharedTemplate {
  */
 const templates = new Map<string, SharedTemplate>();
 
-function acquireTemplate(spec: ResolvedSpec): SharedTemplate {
-  const key = templateKey(spec);
+function acquireTemplate(spec: ResolvedSpec, anyName: boolean): SharedTemplate {
+  const key = templateKey(spec, { anyName });
   let shared = templates.get(key);
   if (!shared) {
     const abort = new AbortController();

@@ -21,6 +21,11 @@ test('a template key changes with everything that changes the guest, not with th
   ]) {
     expect(key(other), JSON.stringify(other)).not.toBe(basic);
   }
+  // Specs that did not ask for a name get random ones; those names alone do not make another template.
+  const unnamed = (spec: Parameters<typeof resolveSpec>[0]) => templateKey(resolveSpec(spec), { anyName: true });
+  expect(unnamed({ image: 'debian-12' })).toBe(unnamed({ image: 'debian-12' }));
+  expect(unnamed({ image: 'debian-12' })).not.toBe(unnamed({ image: 'debian-12', cpus: 2 }));
+  expect(templateKey(resolveSpec({ image: 'debian-12' }))).not.toBe(templateKey(resolveSpec({ image: 'debian-12' })));
 });
 
 test('guestFixture takes clone: true/false and refuses anything else', () => {
