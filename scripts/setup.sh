@@ -37,11 +37,15 @@ echo "node $(node --version)"
 step "host check"
 node bin/guestlab.js doctor
 
-step "images debian-12 and debian-12-web (built from Debian packages once, then cached)"
+step "images debian-12, debian-12-web, debian-11 and debian-13 (built from Debian packages once, then cached)"
 # Building needs root; the cache stays the invoking user's, so that tests find the image.
 cache="${GUESTLAB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/guestlab}"
 mkdir -p "$cache"
-as_root env PATH="$PATH" GUESTLAB_CACHE_DIR="$cache" node bin/guestlab.js image build debian-12 debian-12-web
+build() { as_root env PATH="$PATH" GUESTLAB_CACHE_DIR="$cache" node bin/guestlab.js image build "$@"; }
+# Two builders at a time: a build is mostly one dpkg at a time and downloads.
+build debian-12 debian-12-web & first=$!
+build debian-11 debian-13 & second=$!
+wait "$first"; wait "$second"
 
 if [ "$run_example" = 1 ]; then
   step "example suite"

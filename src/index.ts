@@ -1,6 +1,6 @@
 // The public API of 'guestlab'. Nothing else is exported.
 export { startGuest, type StartOptions } from './guest/start.ts';
-export { createTemplate, GuestTemplate, type TemplateTimings } from './guest/template.ts';
+export { createTemplate, GuestTemplate, templateKey, type TemplateTimings } from './guest/template.ts';
 export { StartedGuest, UnitFailedError, DiskFullError, type ExecOptions, type ExecResult, type SshInfo, type BootTimings } from './guest/started-guest.ts';
 export { WaitTimeoutError, type WaitOptions } from './guest/waits.ts';
 export type { WriteFileOptions, ReadFileOptions } from './guest/files.ts';
@@ -46,6 +46,8 @@ export {
 export { UnknownImageError } from './images/catalog.ts';
 export { UnknownFixtureError } from './guest/spec.ts';
 export { ensureImage, type BuiltImage, type ImageManifest } from './images/builder.ts';
+export { distroTraits, describeRelease, KNOWN_SUITES, type DistroTraits } from './images/traits.ts';
+export { pullFile, DownloadError, type DownloadSource, type PulledFile, type PullOptions } from './images/download.ts';
 export { imageCacheKey, exportImages, importImages, verifyCachedImages, removeImages, listCachedImages, type ImportedImage, type CachedImageInfo } from './images/archive.ts';
 export { probeHost, type HostFacts } from './host/probe.ts';
 export { quoteArg, quoteArgv } from './util/shell-quote.ts';

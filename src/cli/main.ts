@@ -10,6 +10,7 @@ import { ensureImage, imageDirName, IMAGE_FILES, readManifest } from '../images/
 import { listRecipes } from '../images/catalog.ts';
 import { exportImages, imageCacheKey, importImages, removeImages, verifyCachedImages } from '../images/archive.ts';
 import { loadRecipe, recipeHash } from '../images/recipe.ts';
+import { describeRelease } from '../images/traits.ts';
 import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
 import { detectLimits } from '../budget/limits.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
@@ -118,13 +119,13 @@ async function image(args: string[]): Promise<number> {
     case 'ls': {
       const recipes = await listRecipes();
       const { imagesDir } = guestlabPaths();
-      const rows = [['NAME', 'CACHED', 'SIZE', 'HASH', 'RECIPE']];
+      const rows = [['NAME', 'RELEASE', 'CACHED', 'SIZE', 'HASH', 'RECIPE']];
       for (const [name, file] of recipes) {
         const recipe = await loadRecipe(file);
         const disk = path.join(imagesDir, imageDirName(recipe), IMAGE_FILES.disk);
         const cached = await exists(disk);
         const size = cached ? `${((await fs.stat(disk)).size / 1024 ** 2).toFixed(0)} MiB` : '-';
-        rows.push([name, cached ? 'yes' : 'no', size, recipeHash(recipe).slice(0, 16), file]);
+        rows.push([name, describeRelease(recipe.suite), cached ? 'yes' : 'no', size, recipeHash(recipe).slice(0, 16), file]);
       }
       printTable(rows);
       return 0;

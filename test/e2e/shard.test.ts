@@ -10,7 +10,7 @@ import { dir } from 'tmp-promise';
 import { expect, test } from 'vitest';
 import { plain } from './helpers.ts';
 
-const IMAGES = ['debian-12', 'debian-12-web'];
+const IMAGES = ['debian-12', 'debian-12-web', 'debian-11', 'debian-13'];
 
 interface JsonReport {
   testResults: { name: string; assertionResults: { ancestorTitles: string[]; title: string; status: string }[] }[];
@@ -53,7 +53,7 @@ test('the example suite split with --shard=1/2 and --shard=2/2 runs every test o
       expect(run.exitCode, `shard ${i + 1}/2:\n${output}`).toBe(0);
       // The imported images were used as they were: no build step ran.
       expect(output).not.toMatch(/\[1\/4\] bootstrapping/);
-      expect(output).toMatch(/cached build debian-12(-web)?-[0-9a-f]{16}: no build needed/);
+      expect(output).toMatch(/cached build debian-1[123](-web)?-[0-9a-f]{16}: no build needed/);
       const report = JSON.parse(await fs.readFile(reports[i]!, 'utf8')) as JsonReport;
       for (const file of report.testResults) {
         for (const result of file.assertionResults) ran.push({ name: [path.relative(process.cwd(), file.name), ...result.ancestorTitles, result.title].join(' > '), status: result.status });
