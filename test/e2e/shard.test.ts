@@ -16,7 +16,10 @@ interface JsonReport {
   testResults: { name: string; assertionResults: { ancestorTitles: string[]; title: string; status: string }[] }[];
 }
 
-test('the example suite split with --shard=1/2 and --shard=2/2 runs every test once, from an imported image cache', async () => {
+// The whole example suite twice over, on two cores: far longer than one guest test.
+const SHARD_TIMEOUT_MS = 40 * 60_000;
+
+test('the example suite split with --shard=1/2 and --shard=2/2 runs every test once, from an imported image cache', { timeout: SHARD_TIMEOUT_MS }, async () => {
   const state = await dir({ unsafeCleanup: true, prefix: 'gl-shard-' });
   const cacheDir = path.join(state.path, 'cache');
   const env = {
