@@ -23,7 +23,8 @@ export type GuestlabErrorCode =
   | 'ERR_WAIT_TIMEOUT'
   | 'ERR_UNIT_FAILED'
   | 'ERR_ABORTED'
-  | 'ERR_DOWNLOAD';
+  | 'ERR_DOWNLOAD'
+  | 'ERR_NOT_A_RECIPE';
 
 export class GuestlabError extends Error {
   override name = 'GuestlabError';

@@ -20,6 +20,8 @@ export const INSTANCE_FILES = {
   state: 'vmstate',
   /** A template's guest RAM: a file its QEMU shares, which clones map copy-on-write. */
   memory: 'ram',
+  /** A UEFI guest's own copy of the OVMF variable store (boot entries; its pflash unit 1). */
+  efiVars: 'efivars.fd',
   owner: OWNER_FILE,
 } as const;
 

@@ -30,6 +30,12 @@ export interface GuestSpec {
    * static address from the network's subnet (or the one given), and every other member in /etc/hosts.
    */
   networks?: (string | { name: string; address?: string })[];
+  /**
+   * The firmware QEMU boots with: 'bios' (SeaBIOS) or 'uefi' (OVMF). Default: the image's (bios
+   * for recipes; a download entry may say uefi). An image that boots its kernel directly boots it
+   * under either; one with its own bootloader needs a bootloader for that firmware.
+   */
+  firmware?: 'bios' | 'uefi';
 }
 
 export interface ResolvedSpec {
@@ -42,9 +48,11 @@ export interface ResolvedSpec {
   bootTimeoutMs: number | undefined;
   user: string;
   networks: { name: string; address: string | undefined }[];
+  /** Undefined: the image's default firmware. */
+  firmware: 'bios' | 'uefi' | undefined;
 }
 
-const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks'] as const;
+const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks', 'firmware'] as const;
 const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
@@ -73,6 +81,8 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     bootTimeoutMs: spec.bootTimeoutMs === undefined ? undefined : expectPositiveInteger('bootTimeoutMs', spec.bootTimeoutMs),
     user: spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name'),
     networks: resolveNetworks(spec.networks),
+    // Last, and left out of JSON when unset: template keys of specs without it stay as they were.
+    firmware: spec.firmware === undefined ? undefined : expectOneOf('firmware', spec.firmware, ['bios', 'uefi'] as const),
   };
 }
 

@@ -7,6 +7,7 @@ import { AbortedError, BootTimeoutError, CloudInitError, GuestlabError, HostRequ
 import { guestlabPaths } from '../config.ts';
 import { writeSeedIso } from '../cloud-init/seed.ts';
 import { createOverlay } from '../disk/overlay.ts';
+import { findOvmf } from '../host/firmware.ts';
 import { freeDiskBytes, probeHost } from '../host/probe.ts';
 import { ensureImage } from '../images/builder.ts';
 import { log as rootLog, type Logger } from '../log.ts';
@@ -53,6 +54,8 @@ export interface PreparedDisk {
   disk: string;
   seed: string;
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
+  /** UEFI firmware (OVMF) with the guest's own variable store; undefined: SeaBIOS. */
+  uefi?: { code: string; vars: string } | undefined;
   clientPrivateKey: string;
   hostPublicKey: string;
   attachments: NetworkAttachment[];
@@ -102,6 +105,8 @@ export interface LaunchedGuest {
   attachments: NetworkAttachment[];
   /** The direct kernel boot it was started with (a clone must match its template's). */
   kernel: PreparedDisk['kernel'];
+  /** The UEFI firmware it was started with, if any (a clone copies the variable store). */
+  uefi: PreparedDisk['uefi'];
 }
 
 /** The plan for a fresh boot from the image: new keys, a new seed, cloud-init to the end. */
@@ -113,6 +118,9 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
   const accel = chooseAccel(spec.accel, host.kvm);
   await sweepOnce(log);
   const image = await ensureImage(spec.image, { log, signal });
+  const firmware = spec.firmware ?? image.firmware;
+  // Looked up before the budget and the instance: a host without OVMF fails at once.
+  const ovmf = firmware === 'uefi' ? await findOvmf() : undefined;
   const imageReadyMs = Math.round(performance.now() - t0);
   const bootTimeoutMs = spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[accel];
   return {
@@ -128,6 +136,10 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
       const hostKey = generateEd25519(`root@${spec.name}`);
       await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
       await createOverlay(image.disk, instance.file('overlay'), signal);
+      if (ovmf) {
+        await fs.copyFile(ovmf.vars, instance.file('efiVars'));
+        await fs.chmod(instance.file('efiVars'), 0o600);
+      }
       const attachments: NetworkAttachment[] = [];
       for (const [i, wanted] of spec.networks.entries()) {
         const network = networkForGuest(wanted.name);
@@ -147,7 +159,8 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
       return {
         disk: instance.file('overlay'),
         seed: instance.file('seed'),
-        kernel: { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline },
+        kernel: image.kernel && image.initrd && image.cmdline ? { kernel: image.kernel, initrd: image.initrd, cmdline: image.cmdline } : undefined,
+        uefi: ovmf && { code: ovmf.code, vars: instance.file('efiVars') },
         clientPrivateKey: clientKey.privateKey,
         hostPublicKey: hostKey.publicKey,
         attachments,
@@ -214,8 +227,9 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
     const instance = await createInstanceDir(instancesDir, spec.name);
     parts.instance = instance;
     registerLive(instance.id, { dir: instance.dir, leaseId: lease.id });
-    log.debug(`${plan.clonedFrom ? `cloning ${plan.clonedFrom}` : `booting ${spec.image}`} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB) in ${instance.dir}`);
     const prepared = await plan.prepare(instance, parts);
+    const boot = `${prepared.uefi ? 'UEFI' : 'SeaBIOS'}${prepared.kernel ? ', direct kernel boot' : ', bootloader on the disk'}`;
+    log.debug(`${plan.clonedFrom ? `cloning ${plan.clonedFrom}` : `booting ${spec.image}`} (${accel}, ${spec.cpus} cpu, ${spec.memoryMiB} MiB, ${boot}) in ${instance.dir}`);
     checkAbort('disk and seed ready');
 
     const argv = buildQemuArgv({
@@ -227,6 +241,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       disk: prepared.disk,
       seed: prepared.seed,
       kernel: prepared.kernel,
+      uefi: prepared.uefi,
       qmpSocket: instance.file('qmp'),
       serialLog: instance.file('serial'),
       serialAppend: prepared.serialAppend,
@@ -327,6 +342,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       leaseWaitMs: lease.waitedMs,
       attachments: prepared.attachments,
       kernel: prepared.kernel,
+      uefi: prepared.uefi,
     };
   } catch (error) {
     await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));

@@ -178,10 +178,16 @@ export class GuestTemplate implements AsyncDisposable {
         // The clone's console continues the template's, so that its evidence shows the boot.
         await fs.copyFile(from.file('serial'), instance.file('serial'));
         await fs.chmod(instance.file('serial'), 0o600);
+        // UEFI: the variable store as the template left it (pflash is not in the saved state).
+        if (template.uefi) {
+          await fs.copyFile(from.file('efiVars'), instance.file('efiVars'));
+          await fs.chmod(instance.file('efiVars'), 0o600);
+        }
         return {
           disk: instance.file('overlay'),
           seed: from.file('seed'),
           kernel: template.kernel,
+          uefi: template.uefi && { code: template.uefi.code, vars: instance.file('efiVars') },
           clientPrivateKey: clientKey,
           hostPublicKey: template.hostKey,
           attachments: [],

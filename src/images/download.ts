@@ -4,11 +4,12 @@
 // interrupted or corrupt download leaves nothing in the cache. Concurrent pulls of one file, in
 // one process or in many, make one download: the others wait on a host-wide lock and find it done.
 import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
 import { AbortedError, GuestlabError } from '../errors.ts';
 import { acquireLock } from '../util/lock.ts';
 
@@ -45,9 +46,12 @@ export const formatDigest = (digest: Digest) => `${digest.algorithm}:${digest.he
 /**
  * The digest of `fileName` in a checksum file: GNU style (`HEX  name`, `HEX *name`) as Debian,
  * Ubuntu and Alpine publish them, or BSD style (`SHA256 (name) = HEX`) as Fedora and Rocky do.
- * The algorithm comes from the BSD tag or from the length of the digest.
+ * The algorithm comes from the BSD tag or from the length of the digest. A file that holds nothing
+ * but one digest (a per-image NAME.sha256 as some projects publish) is that file's digest.
  */
 export function findChecksum(text: string, fileName: string): Digest | undefined {
+  const bare = /^\s*([0-9a-fA-F]{64}|[0-9a-fA-F]{128})\s*$/.exec(text);
+  if (bare) return { algorithm: bare[1]!.length === 64 ? 'sha256' : 'sha512', hex: bare[1]!.toLowerCase() };
   for (const raw of text.split(/\r?\n/)) {
     const line = raw.trim();
     const bsd = /^(SHA256|SHA512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)$/.exec(line);
@@ -99,6 +103,8 @@ export interface PulledFile {
 }
 
 const isOffline = (options: PullOptions) => options.offline ?? process.env.GUESTLAB_OFFLINE === '1';
+/** A file: URL (a user's local disk image) is read, never downloaded: offline mode allows it. */
+const isLocal = (url: string) => url.startsWith('file:');
 const inFlight = new Map<string, Promise<PulledFile>>();
 
 /** Fetches `source` into the cache once, verified, and returns its path. */
@@ -122,7 +128,7 @@ async function expectedDigest(source: DownloadSource, options: PullOptions): Pro
   const record = path.join(options.cacheDir, 'downloads', 'checksums', `${createHash('sha256').update(`${source.checksums}\n${source.url}`).digest('hex')}.json`);
   const remembered = await fs.readFile(record, 'utf8').then((text) => JSON.parse(text) as Digest, () => undefined);
   if (remembered && isOffline(options)) return remembered;
-  if (isOffline(options)) throw offlineError(source, `its checksum file ${source.checksums}`);
+  if (isOffline(options) && !isLocal(source.checksums)) throw offlineError(source, `its checksum file ${source.checksums}`);
   const text = await fetchText(source.checksums, options.signal);
   const fileName = decodeURIComponent(new URL(source.url).pathname.split('/').at(-1) ?? '');
   const found = findChecksum(text, fileName);
@@ -135,7 +141,7 @@ async function expectedDigest(source: DownloadSource, options: PullOptions): Pro
 async function pullLocked(source: DownloadSource, digest: Digest, file: string, options: PullOptions): Promise<PulledFile> {
   const cached = await fs.stat(file).catch(() => undefined);
   if (cached) return { path: file, digest, bytes: cached.size, downloaded: false };
-  if (isOffline(options)) throw offlineError(source, source.url);
+  if (isOffline(options) && !isLocal(source.url)) throw offlineError(source, source.url);
   await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const lock = await acquireLock(`download:${file}`, { signal: options.signal });
   try {
@@ -155,14 +161,8 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
   let bytes = 0;
   let total: number | undefined;
   try {
-    const response = await fetch(url, { signal: options.signal ?? null }).catch((error: unknown) => {
-      throw connectionError(url, error, options.signal);
-    });
-    if (!response.ok || !response.body) {
-      throw new DownloadError(url, `Downloading image ${source.name} failed: ${url} answered HTTP ${response.status} ${response.statusText}.`);
-    }
-    const length = Number(response.headers.get('content-length'));
-    total = Number.isFinite(length) && length > 0 ? length : undefined;
+    const body = await openBody(source, options.signal);
+    total = body.total;
     const hash = createHash(digest.algorithm);
     const started = performance.now();
     let reported = 0;
@@ -180,7 +180,7 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
         callback(null, chunk);
       },
     });
-    await pipeline(Readable.fromWeb(response.body), meter, createWriteStream(temp, { mode: 0o600, flags: 'wx' }), { signal: options.signal }).catch(
+    await pipeline(body.stream, meter, createWriteStream(temp, { mode: 0o600, flags: 'wx' }), { signal: options.signal }).catch(
       (error: unknown) => {
         throw connectionError(url, error, options.signal, `after ${bytes}${total === undefined ? '' : ` of ${total}`} bytes`);
       },
@@ -212,6 +212,26 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
   }
 }
 
+/** The body to hash and store: an HTTP response, or a local file for a file: URL. */
+async function openBody(source: DownloadSource, signal: AbortSignal | undefined): Promise<{ stream: Readable; total: number | undefined }> {
+  const { url } = source;
+  if (isLocal(url)) {
+    const local = fileURLToPath(url);
+    const stat = await fs.stat(local).catch((error: NodeJS.ErrnoException) => {
+      throw new DownloadError(url, `Image ${source.name}: cannot read its file ${local} (${error.code ?? error.message}); fix \`file\` in its entry (${source.name}.yaml).`, { cause: error });
+    });
+    return { stream: createReadStream(local), total: stat.size };
+  }
+  const response = await fetch(url, { signal: signal ?? null }).catch((error: unknown) => {
+    throw connectionError(url, error, signal);
+  });
+  if (!response.ok || !response.body) {
+    throw new DownloadError(url, `Downloading image ${source.name} failed: ${url} answered HTTP ${response.status} ${response.statusText}.`);
+  }
+  const length = Number(response.headers.get('content-length'));
+  return { stream: Readable.fromWeb(response.body), total: Number.isFinite(length) && length > 0 ? length : undefined };
+}
+
 function connectionError(url: string, error: unknown, signal: AbortSignal | undefined, when = ''): Error {
   if (error instanceof GuestlabError) return error;
   if (signal?.aborted) return new AbortedError(`Downloading ${url}`, { cause: signal.reason });
@@ -221,6 +241,7 @@ function connectionError(url: string, error: unknown, signal: AbortSignal | unde
 }
 
 async function fetchText(url: string, signal: AbortSignal | undefined): Promise<string> {
+  if (isLocal(url)) return fs.readFile(fileURLToPath(url), 'utf8');
   const response = await fetch(url, { signal: signal ?? null }).catch((error: unknown) => {
     throw connectionError(url, error, signal);
   });

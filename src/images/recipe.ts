@@ -31,8 +31,14 @@ export interface ImageRecipe {
   /** Packages downloaded with their missing dependencies into an apt repository in the image, not installed. */
   offlinePackages: string[];
   diskSizeGiB: number;
-  /** Kernel command line for direct kernel boot, after `root=`. */
+  /** Kernel command line, after `root=`: given to QEMU at each direct kernel boot, or written into the bootloader. */
   cmdline: string;
+  /**
+   * `kernel` (default): the image is a bare filesystem; QEMU loads its kernel and initrd directly.
+   * `firmware`: the disk carries its own bootloader (GPT with an EFI system partition holding the
+   * kernel, syslinux for BIOS and systemd-boot for UEFI), and boots through SeaBIOS or OVMF.
+   */
+  boot: 'kernel' | 'firmware';
   files: RecipeFile[];
   /** Shell commands run inside the image after the packages are installed. */
   commands: string[];
@@ -40,7 +46,7 @@ export interface ImageRecipe {
 
 const KNOWN_KEYS = [
   'extends', 'description', 'suite', 'mirror', 'components', 'kernel', 'packages', 'offlinePackages', 'diskSizeGiB',
-  'cmdline', 'files', 'commands',
+  'cmdline', 'files', 'commands', 'boot',
 ];
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
 export const IMAGE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
@@ -157,6 +163,10 @@ export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
     });
   clash('offlinePackages', packages);
   clash('packages', offlinePackages);
+  const boot = data.boot ?? parent?.boot ?? 'kernel';
+  if (boot !== 'kernel' && boot !== 'firmware') {
+    throw yaml.error(['boot'], `must be "kernel" (QEMU boots the image's kernel directly) or "firmware" (the disk carries a bootloader), got ${JSON.stringify(boot)}`);
+  }
   // The key order is part of recipeHash(): new fields go where they leave older digests unchanged.
   return {
     name: path.basename(yaml.file).replace(/\.ya?ml$/, ''),
@@ -173,17 +183,23 @@ export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
     cmdline: str('cmdline', 'console=ttyS0'),
     files: [...(parent?.files ?? []), ...files],
     commands: appended('commands'),
+    boot,
   };
 }
 
 /**
  * A digest of everything that changes the built image, after inheritance. Not the file's location,
- * its parent's name, its description, nor the kernel command line, which is read from the recipe
- * at every boot. `offlinePackages` counts only when set, so recipes without it keep the digest
- * (and the cached image) they had before the field existed.
+ * its parent's name, its description, nor (for direct kernel boot) the kernel command line, which
+ * is read from the recipe at every boot. `offlinePackages` and `boot` count only when set, so
+ * recipes without them keep the digest (and the cached image) they had before the fields existed.
+ * A firmware-booted image has its command line written into its bootloader: that one counts.
  */
 export function recipeHash(recipe: ImageRecipe): string {
-  const { source: _source, parent: _parent, description: _description, cmdline: _cmdline, offlinePackages, ...content } = recipe;
-  const digested = offlinePackages.length ? { ...content, offlinePackages } : content;
+  const { source: _source, parent: _parent, description: _description, cmdline, offlinePackages, boot, ...content } = recipe;
+  const digested = {
+    ...content,
+    ...(offlinePackages.length ? { offlinePackages } : {}),
+    ...(boot === 'firmware' ? { boot, cmdline } : {}),
+  };
   return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...digested })).digest('hex');
 }

@@ -14,8 +14,13 @@ export interface QemuConfig {
   disk: string;
   /** NoCloud seed ISO. */
   seed: string;
-  /** Direct kernel boot; omitted for images that boot through firmware. */
+  /** Direct kernel boot; omitted for images that carry their own bootloader. */
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
+  /**
+   * UEFI: OVMF's code (read-only) and the guest's own copy of its variable store, as the two pflash
+   * units. Omitted: SeaBIOS, QEMU's built-in BIOS.
+   */
+  uefi?: { code: string; vars: string } | undefined;
   qmpSocket: string;
   serialLog: string;
   /** Append to the serial log instead of truncating it (a clone continues its template's console). */
@@ -52,6 +57,12 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-nodefaults', '-no-user-config',
     '-display', 'none', '-vga', 'none',
     '-machine', config.memoryFile ? 'q35,memory-backend=ram0' : 'q35',
+    ...(config.uefi
+      ? [
+          '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${optValue(config.uefi.code)}`,
+          '-drive', `if=pflash,format=raw,unit=1,file=${optValue(config.uefi.vars)}`,
+        ]
+      : []),
     ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', 'max']),
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,

@@ -8,6 +8,8 @@ export interface RunOptions {
   onLine?: (line: string) => void;
   timeoutMs?: number;
   env?: Record<string, string>;
+  /** Written to the tool's standard input (default: none). */
+  input?: string;
 }
 
 export interface RunFailure {
@@ -24,7 +26,7 @@ export async function run(file: string, args: string[], options: RunOptions = {}
     cancelSignal: options.signal,
     timeout: options.timeoutMs,
     env: options.env,
-    stdin: 'ignore',
+    ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
     forceKillAfterDelay: 5000,
   });
   if (options.onLine && subprocess.all) {
