@@ -18,7 +18,8 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "host packages"
-packages=(qemu-system-x86 qemu-utils genisoimage mmdebstrap e2fsprogs util-linux openssh-client iproute2 ca-certificates)
+# From ovmf on: firmware boot (OVMF for UEFI guests; building images with their own bootloader).
+packages=(qemu-system-x86 qemu-utils genisoimage mmdebstrap e2fsprogs util-linux openssh-client iproute2 ca-certificates ovmf fdisk dosfstools mtools syslinux syslinux-common systemd-boot-efi)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 command -v npm >/dev/null || missing+=(nodejs npm)
@@ -37,14 +38,14 @@ echo "node $(node --version)"
 step "host check"
 node bin/guestlab.js doctor
 
-step "images debian-12, debian-12-web, debian-11 and debian-13 (built from Debian packages once, then cached)"
+step "images debian-12, debian-12-web, debian-11, debian-13 and debian-12-firmware (built from Debian packages once, then cached)"
 # Building needs root; the cache stays the invoking user's, so that tests find the image.
 cache="${GUESTLAB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/guestlab}"
 mkdir -p "$cache"
 build() { as_root env PATH="$PATH" GUESTLAB_CACHE_DIR="$cache" node bin/guestlab.js image build "$@"; }
 # Two builders at a time: a build is mostly one dpkg at a time and downloads.
 build debian-12 debian-12-web & first=$!
-build debian-11 debian-13 & second=$!
+build debian-11 debian-13 debian-12-firmware & second=$!
 wait "$first"; wait "$second"
 
 if [ "$run_example" = 1 ]; then

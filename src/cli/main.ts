@@ -6,10 +6,9 @@ import path from 'node:path';
 import { guestlabPaths } from '../config.ts';
 import { GuestlabError } from '../errors.ts';
 import { assessCi, formatDoctor, runDoctor, type CiFacts, type CiImageState } from '../host/doctor.ts';
-import { ensureImage, imageDirName, IMAGE_FILES, readManifest } from '../images/builder.ts';
-import { listRecipes } from '../images/catalog.ts';
+import { ensureDownloadedImage, ensureImageFromRecipe, entryHash, imageDirName, IMAGE_FILES, readManifest } from '../images/builder.ts';
+import { listImageFiles, loadEntry, resolveImage, type CatalogEntry } from '../images/catalog.ts';
 import { exportImages, imageCacheKey, importImages, removeImages, verifyCachedImages } from '../images/archive.ts';
-import { loadRecipe, recipeHash } from '../images/recipe.ts';
 import { describeRelease } from '../images/traits.ts';
 import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
 import { detectLimits } from '../budget/limits.ts';
@@ -26,9 +25,12 @@ Commands:
   doctor --ci [--require-kvm] [--require-images A,B]
                               a summary for CI logs (accelerator, budget, image cache); exits 1
                               when a requirement is missing; --require-kvm makes TCG one
-  image ls                    list the images guestlab knows, whether they are built, their hash
+  image ls                    list the images guestlab knows (recipes and downloads): release,
+                              source, boot, whether cached, size, digest, recipe file or URL
   image build NAME... [--force]
                               build images from their recipes (images/NAME.yaml) into the cache
+  image pull NAME... [--force]
+                              download images of download entries, verify their digests, cache them
   image key NAME... [--json]  print a cache key for CI that changes exactly when one of the
                               images would be built differently
   image export NAME... --output FILE
@@ -46,7 +48,8 @@ GUEST is an instance id (see ps) or a guest name that only one running guest has
 
 Environment: GUESTLAB_CACHE_DIR (image cache), GUESTLAB_INSTANCES_DIR, GUESTLAB_IMAGES_PATH,
 GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_KEEP=on-failure,
-GUESTLAB_TIMEOUT_SCALE, GUESTLAB_REQUIRE_KVM=1, GUESTLAB_EVIDENCE_DIR, GUESTLAB_DEBUG=1 (verbose log).`;
+GUESTLAB_TIMEOUT_SCALE, GUESTLAB_REQUIRE_KVM=1, GUESTLAB_EVIDENCE_DIR, GUESTLAB_DEBUG=1 (verbose log),
+GUESTLAB_OFFLINE=1 (never download), GUESTLAB_OVMF_CODE and GUESTLAB_OVMF_VARS (UEFI firmware files).`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -104,10 +107,10 @@ async function doctor(args: string[]): Promise<number> {
 async function ciFacts(): Promise<CiFacts> {
   const { imagesDir } = guestlabPaths();
   const images: CiImageState[] = [];
-  for (const file of (await listRecipes()).values()) {
-    const recipe = await loadRecipe(file);
-    const manifest = await readManifest(path.join(imagesDir, imageDirName(recipe)));
-    images.push({ name: recipe.name, hash: recipeHash(recipe).slice(0, 16), built: !!manifest, diskBytes: manifest?.diskBytes, digests: !!manifest?.files });
+  for (const file of (await listImageFiles()).values()) {
+    const entry = await loadEntry(file);
+    const manifest = await readManifest(path.join(imagesDir, imageDirName(entry)));
+    images.push({ name: entry.name, hash: entryHash(entry).slice(0, 16), built: !!manifest, diskBytes: manifest?.diskBytes, digests: !!manifest?.files });
   }
   return { limits: await detectLimits(), imagesDir, images };
 }
@@ -117,24 +120,35 @@ async function image(args: string[]): Promise<number> {
   const { names, flags } = splitArgs(rest, ['--output']);
   switch (sub) {
     case 'ls': {
-      const recipes = await listRecipes();
       const { imagesDir } = guestlabPaths();
-      const rows = [['NAME', 'RELEASE', 'CACHED', 'SIZE', 'HASH', 'RECIPE']];
-      for (const [name, file] of recipes) {
-        const recipe = await loadRecipe(file);
-        const disk = path.join(imagesDir, imageDirName(recipe), IMAGE_FILES.disk);
-        const cached = await exists(disk);
-        const size = cached ? `${((await fs.stat(disk)).size / 1024 ** 2).toFixed(0)} MiB` : '-';
-        rows.push([name, describeRelease(recipe.suite), cached ? 'yes' : 'no', size, recipeHash(recipe).slice(0, 16), file]);
+      const rows = [['NAME', 'RELEASE', 'SOURCE', 'BOOT', 'CACHED', 'SIZE', 'DIGEST', 'FROM']];
+      for (const [name, file] of await listImageFiles()) {
+        const entry = await loadEntry(file);
+        const dir = path.join(imagesDir, imageDirName(entry));
+        const manifest = await readManifest(dir);
+        const disk = path.join(dir, IMAGE_FILES.disk);
+        const size = manifest && (await exists(disk)) ? `${((await fs.stat(disk)).size / 1024 ** 2).toFixed(0)} MiB` : '-';
+        rows.push([name, ...describeEntry(entry), manifest ? 'yes' : 'no', size, ...digestColumns(entry, manifest?.download?.digest)]);
       }
       printTable(rows);
       return 0;
     }
-    case 'build': {
-      if (names.length === 0) return usageError('image build: name the image to build, e.g. guestlab image build debian-12 (see guestlab image ls)');
-      for (const name of names) {
-        const built = await ensureImage(name, { force: flags.has('--force') });
-        console.log(`${name}: ${built.built ? `built in ${(built.buildMs / 1000).toFixed(1)}s` : 'already built (cached)'} at ${built.dir}`);
+    case 'build':
+    case 'pull': {
+      const verb = sub === 'build' ? 'build' : 'pull';
+      if (names.length === 0) return usageError(`image ${verb}: name the image, e.g. guestlab image ${verb} ${verb === 'build' ? 'debian-12' : 'ubuntu-24.04'} (see guestlab image ls)`);
+      const entries = await Promise.all(names.map((name) => resolveImage(name)));
+      const wrong = entries.find((entry) => (entry.kind === 'recipe') !== (verb === 'build'));
+      if (wrong) {
+        return usageError(wrong.kind === 'recipe'
+          ? `image pull: ${wrong.name} is built from a recipe (${wrong.recipe.source}), not downloaded: use guestlab image build ${wrong.name}`
+          : `image build: ${wrong.name} is downloaded (${wrong.download.url}), not built: use guestlab image pull ${wrong.name}`);
+      }
+      for (const entry of entries) {
+        const options = { force: flags.has('--force') };
+        const got = entry.kind === 'recipe' ? await ensureImageFromRecipe(entry.recipe, options) : await ensureDownloadedImage(entry.download, options);
+        const done = verb === 'build' ? `built in ${(got.buildMs / 1000).toFixed(1)}s` : `pulled and checked in ${(got.buildMs / 1000).toFixed(1)}s`;
+        console.log(`${entry.name}: ${got.built ? done : 'already in the cache'} at ${got.dir}`);
       }
       return 0;
     }
@@ -168,8 +182,22 @@ async function image(args: string[]): Promise<number> {
       return 0;
     }
     default:
-      return usageError(`image: unknown subcommand "${sub ?? ''}"; use one of: ls, build, key, export, import, verify, rm`);
+      return usageError(`image: unknown subcommand "${sub ?? ''}"; use one of: ls, build, pull, key, export, import, verify, rm`);
   }
+}
+
+/** RELEASE, SOURCE and BOOT of `image ls`. */
+function describeEntry(entry: CatalogEntry): [string, string, string] {
+  if (entry.kind === 'download') return [entry.download.release, 'download', entry.download.firmware];
+  return [describeRelease(entry.recipe.suite), 'recipe', entry.recipe.boot === 'firmware' ? 'bios|uefi' : 'kernel'];
+}
+
+/** DIGEST and FROM of `image ls`: the recipe hash and file, or the verified (or pinned) digest and the URL. */
+function digestColumns(entry: CatalogEntry, verified: string | undefined): [string, string] {
+  if (entry.kind === 'recipe') return [`recipe:${entryHash(entry).slice(0, 16)}`, entry.recipe.source];
+  const digest = verified ?? entry.download.digest;
+  const shown = digest ? `${digest.slice(0, digest.indexOf(':') + 17)}` : 'checksums';
+  return [shown, entry.download.url];
 }
 
 /** Splits arguments into names and flags; flags in `valued` take the next argument as their value. */

@@ -1,5 +1,6 @@
 // `guestlab doctor`: what this host can do, and one actionable line per missing requirement.
 import { guestlabPaths } from '../config.ts';
+import { findBootloaderTools, findOvmf } from './firmware.ts';
 import { DEBIAN_PACKAGES, freeDiskBytes, probeHost, type HostFacts, type ToolInfo } from './probe.ts';
 
 export interface DoctorLine {
@@ -23,7 +24,18 @@ export async function runDoctor(): Promise<DoctorReport> {
   const facts = await probeHost();
   const paths = guestlabPaths();
   const [imagesFree, instancesFree] = await Promise.all([freeDiskBytes(paths.imagesDir), freeDiskBytes(paths.instancesDir)]);
-  return assessHost(facts, { imagesDir: paths.imagesDir, instancesDir: paths.instancesDir, imagesFree, instancesFree });
+  const settle = (p: Promise<string>) => p.then((text) => ({ ok: true, text }), (error: Error) => ({ ok: false, text: error.message }));
+  const firmware = {
+    ovmf: await settle(findOvmf().then((ovmf) => ovmf.code)),
+    bootloader: await settle(findBootloaderTools().then(() => '')),
+  };
+  return assessHost(facts, { imagesDir: paths.imagesDir, instancesDir: paths.instancesDir, imagesFree, instancesFree }, firmware);
+}
+
+/** Whether the optional firmware pieces are there: the path found, or what is missing and how to install it. */
+export interface FirmwareFacts {
+  ovmf: { ok: boolean; text: string };
+  bootloader: { ok: boolean; text: string };
 }
 
 export interface DiskFacts {
@@ -34,7 +46,7 @@ export interface DiskFacts {
 }
 
 /** Pure: turns probed facts into the report. */
-export function assessHost(facts: HostFacts, disk: DiskFacts): DoctorReport {
+export function assessHost(facts: HostFacts, disk: DiskFacts, firmware?: FirmwareFacts): DoctorReport {
   const lines: DoctorLine[] = [];
   const problems: string[] = [];
   const need = (info: ToolInfo, pkg: string, purpose: string) => {
@@ -55,6 +67,11 @@ export function assessHost(facts: HostFacts, disk: DiskFacts): DoctorReport {
     lines.push({ status: 'ok', text: `setpriv ${facts.setpriv.version ?? ''} at ${facts.setpriv.path} (QEMU dies with the process that started it)` });
   } else {
     lines.push({ status: 'warn', text: `setpriv not found: QEMU will not die with a killed test runner; install it with: apt-get install ${DEBIAN_PACKAGES.setpriv}` });
+  }
+  // Optional: only UEFI guests and recipes with `boot: firmware` need these.
+  if (firmware) {
+    lines.push(firmware.ovmf.ok ? { status: 'ok', text: `OVMF at ${firmware.ovmf.text} (UEFI guests)` } : { status: 'warn', text: `UEFI guests cannot start: ${firmware.ovmf.text}` });
+    lines.push(firmware.bootloader.ok ? { status: 'ok', text: 'syslinux, systemd-boot, mtools, mkfs.vfat, sfdisk (images with their own bootloader)' } : { status: 'warn', text: firmware.bootloader.text });
   }
   if (facts.isRoot) lines.push({ status: 'ok', text: 'running as root: images can be built here' });
   else lines.push({ status: 'warn', text: 'not root: building an image needs root once (sudo npx guestlab image build NAME); running guests does not' });

@@ -5,7 +5,7 @@
 //   guestlab-images.json          index: format, arch, and per image its directory, name, recipe
 //                                 hash and the sha256 of each file
 //   NAME-HASH16/manifest.json     the image directory exactly as the cache holds it
-//   NAME-HASH16/{disk.qcow2,vmlinuz,initrd.img}
+//   NAME-HASH16/{disk.qcow2,vmlinuz,initrd.img}  (disk.qcow2 alone for an image that boots through firmware)
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -15,10 +15,9 @@ import { log as rootLog, type Logger } from '../log.ts';
 import { exists } from '../util/fs.ts';
 import { acquireLock } from '../util/lock.ts';
 import { run } from '../util/run.ts';
-import { DIGESTED_FILES, IMAGE_FILES, imageDirName, readManifest, type ImageManifest } from './builder.ts';
-import { resolveRecipe } from './catalog.ts';
+import { DIGESTED_FILES, entryHash, IMAGE_FILES, imageDirName, imageFilesOf, readManifest, type ImageManifest } from './builder.ts';
+import { resolveImage } from './catalog.ts';
 import { compareDigests, digestFiles, removeStamps, writeStamp, type FileDigests } from './digest.ts';
-import { recipeHash } from './recipe.ts';
 
 export const ARCHIVE_INDEX = 'guestlab-images.json';
 const ARCHIVE_FORMAT = 1;
@@ -39,14 +38,14 @@ export interface ArchiveIndex {
  */
 export async function imageCacheKey(names: string[]): Promise<{ key: string; images: { name: string; hash: string }[] }> {
   if (names.length === 0) throw new TypeError('image key: name at least one image, e.g. guestlab image key debian-12');
-  const images = await Promise.all([...new Set(names)].sort().map(async (name) => ({ name, hash: recipeHash(await resolveRecipe(name)) })));
+  const images = await Promise.all([...new Set(names)].sort().map(async (name) => ({ name, hash: entryHash(await resolveImage(name)) })));
   const digest = createHash('sha256').update(JSON.stringify({ arch: process.arch, images })).digest('hex');
   return { key: `guestlab-images-${process.arch}-${digest.slice(0, 24)}`, images };
 }
 
 /** The cache directory of the image that `name` resolves to now, and its manifest when built. */
 async function cachedImage(name: string): Promise<{ dir: string; manifest: ImageManifest | undefined }> {
-  const dir = path.join(guestlabPaths().imagesDir, imageDirName(await resolveRecipe(name)));
+  const dir = path.join(guestlabPaths().imagesDir, imageDirName(await resolveImage(name)));
   return { dir, manifest: await readManifest(dir) };
 }
 
@@ -59,8 +58,8 @@ export async function exportImages(names: string[], output: string, log: Logger 
     const { dir, manifest } = await cachedImage(name);
     if (!manifest) throw new ImageArchiveError(`image export: ${name} is not built in ${guestlabPaths().imagesDir}; build it first with: guestlab image build ${name}`);
     // What goes out is checked against what was recorded, so a damaged cache is not passed on.
-    const files = manifest.files ?? (await digestFiles(dir, DIGESTED_FILES));
-    const problems = manifest.files ? await compareDigests(dir, DIGESTED_FILES, manifest.files) : [];
+    const files = manifest.files ?? (await digestFiles(dir, imageFilesOf(manifest)));
+    const problems = manifest.files ? await compareDigests(dir, imageFilesOf(manifest), manifest.files) : [];
     if (problems.length) throw new ImageCorruptError(`image export: ${name} in ${dir} is damaged:\n  ${problems.join('\n  ')}\nRemove it with guestlab image rm ${name} and build it again.`);
     index.images.push({ dir: path.basename(dir), name, recipeHash: manifest.recipeHash, files });
   }
@@ -69,7 +68,7 @@ export async function exportImages(names: string[], output: string, log: Logger 
   const partial = path.join(staging, 'archive.tar');
   try {
     await fs.writeFile(path.join(staging, ARCHIVE_INDEX), JSON.stringify(index, null, 2) + '\n');
-    const members = index.images.flatMap(({ dir }) => [dir, ...Object.values(IMAGE_FILES).map((file) => `${dir}/${file}`)]);
+    const members = index.images.flatMap(({ dir, files }) => [dir, `${dir}/${IMAGE_FILES.manifest}`, ...filesOfIndex(files).map((file) => `${dir}/${file}`)]);
     await run('tar', ['-c', '-f', partial, '--format=gnu', '-C', staging, ARCHIVE_INDEX, '-C', guestlabPaths().imagesDir, '--no-recursion', ...members]);
     await fs.rename(partial, target);
   } finally {
@@ -139,17 +138,25 @@ async function admitImage(staging: string, entry: ArchiveIndex['images'][number]
     throw new ImageArchiveError(`image import: ${archive} names image directory "${entry.dir}" for ${entry.name} with recipe hash ${entry.recipeHash}; they do not agree`);
   }
   const unpacked = path.join(staging, entry.dir);
-  for (const file of Object.values(IMAGE_FILES)) {
+  const roles = Object.keys(entry.files);
+  if (!roles.includes('disk') || roles.some((role) => !(role in DIGESTED_FILES))) {
+    throw new ImageArchiveError(`image import: ${archive} lists files ${roles.join(', ')} for ${entry.dir}; an image has a disk, and a kernel and initrd only with it`);
+  }
+  const imageFiles = Object.fromEntries(roles.map((role) => [role, DIGESTED_FILES[role as keyof typeof DIGESTED_FILES]]));
+  for (const file of [IMAGE_FILES.manifest, ...Object.values(imageFiles)]) {
     const stat = await fs.lstat(path.join(unpacked, file)).catch(() => undefined);
     if (!stat?.isFile()) throw new ImageArchiveError(`image import: ${archive} lacks ${entry.dir}/${file} as a regular file`);
   }
-  const problems = await compareDigests(unpacked, DIGESTED_FILES, entry.files);
+  const problems = await compareDigests(unpacked, imageFiles, entry.files);
   if (problems.length) throw new ImageArchiveError(`image import: ${entry.dir} in ${archive} does not match its digests (corrupt or truncated archive):\n  ${problems.join('\n  ')}`);
   const manifest = (await readManifest(unpacked))!;
   if (manifest.recipeHash !== entry.recipeHash) throw new ImageArchiveError(`image import: the manifest of ${entry.dir} in ${archive} disagrees with its index`);
 
-  const current = await resolveRecipe(entry.name)
-    .then((recipe) => recipeHash(recipe) === entry.recipeHash)
+  if (Object.keys(imageFilesOf(manifest)).sort().join() !== [...roles].sort().join()) {
+    throw new ImageArchiveError(`image import: the manifest of ${entry.dir} in ${archive} does not say how the image boots as its files do`);
+  }
+  const current = await resolveImage(entry.name)
+    .then((found) => entryHash(found) === entry.recipeHash)
     .catch(() => false);
   const finalDir = path.join(guestlabPaths().imagesDir, entry.dir);
   const lock = await acquireLock(finalDir, { onWait: () => log.info(`${entry.dir} is being built or imported by another process; waiting`) });
@@ -157,11 +164,11 @@ async function admitImage(staging: string, entry: ArchiveIndex['images'][number]
     if (await readManifest(finalDir)) return { name: entry.name, dir: finalDir, outcome: 'present', current };
     // The manifest gains the digests it may lack (images built before they were recorded).
     await fs.writeFile(path.join(unpacked, IMAGE_FILES.manifest), JSON.stringify({ ...manifest, files: entry.files }, null, 2) + '\n');
-    for (const file of Object.values(IMAGE_FILES)) await fs.chmod(path.join(unpacked, file), 0o444);
+    for (const file of [IMAGE_FILES.manifest, ...Object.values(imageFiles)]) await fs.chmod(path.join(unpacked, file), 0o444);
     await fs.chmod(unpacked, 0o755);
     await fs.rm(finalDir, { recursive: true, force: true });
     await fs.rename(unpacked, finalDir);
-    await writeStamp(finalDir, DIGESTED_FILES);
+    await writeStamp(finalDir, imageFiles);
     return { name: entry.name, dir: finalDir, outcome: 'imported', current };
   } finally {
     await lock.release();
@@ -195,13 +202,19 @@ export async function verifyCachedImages(names: string[]): Promise<{ dir: string
   const results = [];
   for (const image of images) {
     const started = Date.now();
+    const files = imageFilesOf(image.manifest);
     const problems = image.manifest.files
-      ? await compareDigests(image.dir, DIGESTED_FILES, image.manifest.files)
+      ? await compareDigests(image.dir, files, image.manifest.files)
       : ['no digests recorded (built before guestlab recorded them); rebuild with guestlab image build --force to add them'];
-    if (problems.length === 0) await writeStamp(image.dir, DIGESTED_FILES);
+    if (problems.length === 0) await writeStamp(image.dir, files);
     results.push({ dir: image.dir, name: image.name, problems, ms: Date.now() - started });
   }
   return results;
+}
+
+/** The file names an index entry lists (role -> name through DIGESTED_FILES). */
+function filesOfIndex(files: FileDigests): string[] {
+  return Object.keys(files).map((role) => DIGESTED_FILES[role as keyof typeof DIGESTED_FILES] ?? role);
 }
 
 /** Removes every cached build of the named images (each under its lock). Returns the directories removed. */
@@ -214,6 +227,10 @@ export async function removeImages(names: string[]): Promise<string[]> {
       const dir = path.join(guestlabPaths().imagesDir, entry);
       const lock = await acquireLock(dir);
       try {
+        // A downloaded image goes with the file it was imported from (not the checksum records).
+        const download = (await readManifest(dir).catch(() => undefined))?.download?.file;
+        const downloads = path.join(guestlabPaths().cacheDir, 'downloads') + path.sep;
+        if (download && path.resolve(download).startsWith(downloads)) await fs.rm(download, { force: true });
         await fs.rm(dir, { recursive: true, force: true });
         await removeStamps(dir);
         removed.push(dir);

@@ -75,6 +75,7 @@ describe('recipe inheritance', () => {
         { path: '/etc/child', content: 'child', mode: 0o600 },
       ],
       commands: ['echo base', 'echo child'],
+      boot: 'kernel',
     });
     const bare = await resolveRecipe('bare', [dir]);
     expect(bare.description).toBe('');
