@@ -20,8 +20,11 @@ export const INSTANCE_FILES = {
   state: 'vmstate',
   /** A template's guest RAM: a file its QEMU shares, which clones map copy-on-write. */
   memory: 'ram',
-  /** A UEFI guest's own copy of the OVMF variable store (boot entries; its pflash unit 1). */
-  efiVars: 'efivars.fd',
+  /**
+   * A UEFI guest's own copy of the OVMF variable store (boot entries; its pflash unit 1), as qcow2
+   * so that checkpoints (savevm) can snapshot it with the disk.
+   */
+  efiVars: 'efivars.qcow2',
   owner: OWNER_FILE,
 } as const;
 

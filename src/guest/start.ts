@@ -8,7 +8,7 @@ import { guestlabPaths } from '../config.ts';
 import { writeSeedIso } from '../cloud-init/seed.ts';
 import { createOverlay } from '../disk/overlay.ts';
 import { findOvmf } from '../host/firmware.ts';
-import { freeDiskBytes, probeHost } from '../host/probe.ts';
+import { DEBIAN_PACKAGES, freeDiskBytes, probeHost, requireTool } from '../host/probe.ts';
 import { ensureImage } from '../images/builder.ts';
 import { log as rootLog, type Logger } from '../log.ts';
 import { buildQemuArgv, parseUsernetForward, type Accel } from '../qemu/argv.ts';
@@ -21,6 +21,7 @@ import { SshSession } from '../ssh/session.ts';
 import { currentIdentity } from '../reaper/identity.ts';
 import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
+import { run } from '../util/run.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
 import { keepMode } from './keep.ts';
@@ -136,10 +137,7 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
       const hostKey = generateEd25519(`root@${spec.name}`);
       await writePrivateFile(instance.file('clientKey'), clientKey.privateKey);
       await createOverlay(image.disk, instance.file('overlay'), signal);
-      if (ovmf) {
-        await fs.copyFile(ovmf.vars, instance.file('efiVars'));
-        await fs.chmod(instance.file('efiVars'), 0o600);
-      }
+      if (ovmf) await createVarStore(ovmf.vars, instance.file('efiVars'), signal);
       const attachments: NetworkAttachment[] = [];
       for (const [i, wanted] of spec.networks.entries()) {
         const network = networkForGuest(wanted.name);
@@ -179,6 +177,13 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
       }
     },
   };
+}
+
+/** A guest's own UEFI variable store: OVMF's template as qcow2 (savevm snapshots only formats that can hold them). */
+async function createVarStore(template: string, target: string, signal: AbortSignal | undefined): Promise<void> {
+  const qemuImg = requireTool((await probeHost()).qemuImg, DEBIAN_PACKAGES.qemuImg, 'to create UEFI variable stores');
+  await run(qemuImg, ['convert', '-q', '-f', 'raw', '-O', 'qcow2', template, target], { signal });
+  await fs.chmod(target, 0o600);
 }
 
 /** The StartedGuest for a launched QEMU. */

@@ -17,8 +17,8 @@ export interface QemuConfig {
   /** Direct kernel boot; omitted for images that carry their own bootloader. */
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
   /**
-   * UEFI: OVMF's code (read-only) and the guest's own copy of its variable store, as the two pflash
-   * units. Omitted: SeaBIOS, QEMU's built-in BIOS.
+   * UEFI: OVMF's code (read-only, raw) and the guest's own copy of its variable store (qcow2, so
+   * that savevm can snapshot it), as the two pflash units. Omitted: SeaBIOS, QEMU's built-in BIOS.
    */
   uefi?: { code: string; vars: string } | undefined;
   qmpSocket: string;
@@ -60,7 +60,7 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     ...(config.uefi
       ? [
           '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${optValue(config.uefi.code)}`,
-          '-drive', `if=pflash,format=raw,unit=1,file=${optValue(config.uefi.vars)}`,
+          '-drive', `if=pflash,format=qcow2,unit=1,file=${optValue(config.uefi.vars)}`,
         ]
       : []),
     ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', 'max']),

@@ -86,8 +86,14 @@ test('UEFI: OVMF boots the disk through systemd-boot; a clone of that guest answ
       expect(await clone.succeed(['cat', '/proc/cmdline'])).toMatch(/root=LABEL=root ro console=ttyS0/);
       expect(await clone.succeed(['findmnt', '-n', '-o', 'SOURCE', '/'])).toBe('/dev/vda2\n');
       // The clone runs on a variable store of its own, copied from the template's.
-      const vars = path.join(clone.instanceDir, 'efivars.fd');
+      const vars = path.join(clone.instanceDir, 'efivars.qcow2');
       expect((await fs.stat(vars)).mode & 0o777).toBe(0o600);
+      // Checkpoints take the variable store along with the disk (it is qcow2, as savevm needs).
+      await clone.checkpoint('before', { inventory: false });
+      await clone.writeFile('/var/tmp/after', 'x\n');
+      await clone.restore('before');
+      expect((await clone.exec(['test', '-e', '/var/tmp/after'])).exitCode).toBe(1);
+      expect(await clone.succeed(['cat', '/sys/firmware/efi/fw_platform_size'])).toBe('64\n');
     } finally {
       await clone.stop();
     }

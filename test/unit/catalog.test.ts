@@ -120,10 +120,10 @@ describe('firmware boot', () => {
   });
 
   test('UEFI: OVMF code read-only, the guest\'s own variable store writable, before the disks', () => {
-    const argv = buildQemuArgv({ ...base, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/d/efivars,1.fd' } });
+    const argv = buildQemuArgv({ ...base, uefi: { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/d/efivars,1.qcow2' } });
     expect(argv).toContain('if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd');
-    expect(argv).toContain('if=pflash,format=raw,unit=1,file=/d/efivars,,1.fd');
-    expect(argv.indexOf('if=pflash,format=raw,unit=1,file=/d/efivars,,1.fd')).toBeLessThan(argv.findIndex((a) => a.startsWith('if=none,id=disk0')));
+    expect(argv).toContain('if=pflash,format=qcow2,unit=1,file=/d/efivars,,1.qcow2');
+    expect(argv.indexOf('if=pflash,format=qcow2,unit=1,file=/d/efivars,,1.qcow2')).toBeLessThan(argv.findIndex((a) => a.startsWith('if=none,id=disk0')));
   });
 
   test('a guest spec may ask for a firmware; anything else names the choices', () => {
