@@ -43,7 +43,8 @@ export {
   AbortedError,
   type GuestlabErrorCode,
 } from './errors.ts';
-export { UnknownImageError } from './images/catalog.ts';
+export { UnknownImageError, resolveImage, type CatalogEntry, type DownloadEntry, type Firmware } from './images/catalog.ts';
+export { findOvmf, type OvmfFiles } from './host/firmware.ts';
 export { UnknownFixtureError } from './guest/spec.ts';
 export { ensureImage, type BuiltImage, type ImageManifest } from './images/builder.ts';
 export { distroTraits, describeRelease, KNOWN_SUITES, type DistroTraits } from './images/traits.ts';
