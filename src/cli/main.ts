@@ -196,7 +196,7 @@ function describeEntry(entry: CatalogEntry): [string, string, string] {
 function digestColumns(entry: CatalogEntry, verified: string | undefined): [string, string] {
   if (entry.kind === 'recipe') return [`recipe:${entryHash(entry).slice(0, 16)}`, entry.recipe.source];
   const digest = verified ?? entry.download.digest;
-  const shown = digest ? `${digest.slice(0, digest.indexOf(':') + 17)}` : 'checksums';
+  const shown = digest ? digest.slice(0, digest.indexOf(':') + 17) : 'checksums';
   return [shown, entry.download.url];
 }
 

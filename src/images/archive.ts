@@ -58,8 +58,9 @@ export async function exportImages(names: string[], output: string, log: Logger 
     const { dir, manifest } = await cachedImage(name);
     if (!manifest) throw new ImageArchiveError(`image export: ${name} is not built in ${guestlabPaths().imagesDir}; build it first with: guestlab image build ${name}`);
     // What goes out is checked against what was recorded, so a damaged cache is not passed on.
-    const files = manifest.files ?? (await digestFiles(dir, imageFilesOf(manifest)));
-    const problems = manifest.files ? await compareDigests(dir, imageFilesOf(manifest), manifest.files) : [];
+    const imageFiles = imageFilesOf(manifest);
+    const files = manifest.files ?? (await digestFiles(dir, imageFiles));
+    const problems = manifest.files ? await compareDigests(dir, imageFiles, manifest.files) : [];
     if (problems.length) throw new ImageCorruptError(`image export: ${name} in ${dir} is damaged:\n  ${problems.join('\n  ')}\nRemove it with guestlab image rm ${name} and build it again.`);
     index.images.push({ dir: path.basename(dir), name, recipeHash: manifest.recipeHash, files });
   }
@@ -68,7 +69,7 @@ export async function exportImages(names: string[], output: string, log: Logger 
   const partial = path.join(staging, 'archive.tar');
   try {
     await fs.writeFile(path.join(staging, ARCHIVE_INDEX), JSON.stringify(index, null, 2) + '\n');
-    const members = index.images.flatMap(({ dir, files }) => [dir, `${dir}/${IMAGE_FILES.manifest}`, ...filesOfIndex(files).map((file) => `${dir}/${file}`)]);
+    const members = index.images.flatMap(({ dir, files }) => [dir, `${dir}/${IMAGE_FILES.manifest}`, ...Object.values(filesOfIndex(files)).map((file) => `${dir}/${file}`)]);
     await run('tar', ['-c', '-f', partial, '--format=gnu', '-C', staging, ARCHIVE_INDEX, '-C', guestlabPaths().imagesDir, '--no-recursion', ...members]);
     await fs.rename(partial, target);
   } finally {
@@ -142,7 +143,7 @@ async function admitImage(staging: string, entry: ArchiveIndex['images'][number]
   if (!roles.includes('disk') || roles.some((role) => !(role in DIGESTED_FILES))) {
     throw new ImageArchiveError(`image import: ${archive} lists files ${roles.join(', ')} for ${entry.dir}; an image has a disk, and a kernel and initrd only with it`);
   }
-  const imageFiles = Object.fromEntries(roles.map((role) => [role, DIGESTED_FILES[role as keyof typeof DIGESTED_FILES]]));
+  const imageFiles = filesOfIndex(entry.files);
   for (const file of [IMAGE_FILES.manifest, ...Object.values(imageFiles)]) {
     const stat = await fs.lstat(path.join(unpacked, file)).catch(() => undefined);
     if (!stat?.isFile()) throw new ImageArchiveError(`image import: ${archive} lacks ${entry.dir}/${file} as a regular file`);
@@ -212,9 +213,9 @@ export async function verifyCachedImages(names: string[]): Promise<{ dir: string
   return results;
 }
 
-/** The file names an index entry lists (role -> name through DIGESTED_FILES). */
-function filesOfIndex(files: FileDigests): string[] {
-  return Object.keys(files).map((role) => DIGESTED_FILES[role as keyof typeof DIGESTED_FILES] ?? role);
+/** The files (role -> file name) of the roles an index entry has digests for. */
+function filesOfIndex(files: FileDigests): Record<string, string> {
+  return Object.fromEntries(Object.keys(files).map((role) => [role, DIGESTED_FILES[role as keyof typeof DIGESTED_FILES] ?? role]));
 }
 
 /** Removes every cached build of the named images (each under its lock). Returns the directories removed. */

@@ -34,8 +34,8 @@ export const DIGESTED_FILES = { disk: IMAGE_FILES.disk, kernel: IMAGE_FILES.kern
 export const FIRMWARE_FILES = { disk: IMAGE_FILES.disk };
 
 /** The files of an image directory (role -> file name), from its manifest. */
-export function imageFilesOf(manifest: Pick<ImageManifest, 'boot'>): Record<string, string> {
-  return manifest.boot === 'firmware' ? FIRMWARE_FILES : DIGESTED_FILES;
+export function imageFilesOf(image: { boot?: 'kernel' | 'firmware' | undefined }): Record<string, string> {
+  return image.boot === 'firmware' ? FIRMWARE_FILES : DIGESTED_FILES;
 }
 
 export interface BuiltImage {
@@ -110,9 +110,26 @@ export async function ensureImage(name: string, options: EnsureImageOptions = {}
 
 export async function ensureImageFromRecipe(recipe: ImageRecipe, options: EnsureImageOptions = {}): Promise<BuiltImage> {
   const log = (options.log ?? rootLog).child(`image:${recipe.name}`);
-  const { imagesDir } = guestlabPaths();
-  const finalDir = path.join(imagesDir, imageDirName(recipe));
-  const cached = !options.force && (await readBuiltImage(recipe, finalDir, log));
+  const finalDir = path.join(guestlabPaths().imagesDir, imageDirName(recipe));
+  return cachedOrMade(finalDir, options, log, {
+    making: 'building',
+    read: () => readBuiltImage(recipe, finalDir, log),
+    make: () => buildInto(recipe, finalDir, log, options.signal),
+  });
+}
+
+/**
+ * The image in `dir` from the cache, or made first by `make` (which writes it under a temporary
+ * name and renames it into place) under the image's host-wide lock. `read` returns the image when
+ * `dir` holds a complete one, verified.
+ */
+async function cachedOrMade(
+  dir: string,
+  options: EnsureImageOptions,
+  log: Logger,
+  how: { making: string; read: () => Promise<BuiltImage | undefined>; make: () => Promise<void> },
+): Promise<BuiltImage> {
+  const cached = !options.force && (await how.read());
   if (cached) {
     // Once per process: CI logs show that a restored cache spared the build.
     if (!announced.has(cached.dir)) log.info(`cached build ${path.basename(cached.dir)}: no build needed`);
@@ -120,19 +137,19 @@ export async function ensureImageFromRecipe(recipe: ImageRecipe, options: Ensure
     return cached;
   }
 
-  await fs.mkdir(imagesDir, { recursive: true });
-  const lock = await acquireLock(finalDir, {
+  await fs.mkdir(path.dirname(dir), { recursive: true });
+  const lock = await acquireLock(dir, {
     signal: options.signal,
-    onWait: () => log.info('another process is building this image; waiting for it'),
+    onWait: () => log.info(`another process is ${how.making} this image; waiting for it`),
   });
   try {
     // The holder we waited for may have finished the job.
-    const afterWait = !options.force && (await readBuiltImage(recipe, finalDir, log));
+    const afterWait = !options.force && (await how.read());
     if (afterWait) return afterWait;
-    await buildInto(recipe, finalDir, log, options.signal);
-    const built = await readBuiltImage(recipe, finalDir, log);
-    if (!built) throw new ImageBuildError(`The build of ${recipe.name} finished but ${finalDir} is incomplete`);
-    return { ...built, built: true };
+    await how.make();
+    const made = await how.read();
+    if (!made) throw new ImageBuildError(`${how.making} ${path.basename(dir)} finished but ${dir} is incomplete`);
+    return { ...made, built: true };
   } finally {
     await lock.release();
   }
@@ -149,9 +166,10 @@ async function readBuiltImage(recipe: ImageRecipe, dir: string, log: Logger): Pr
   if (!manifest) return undefined;
   // Images built before digests were recorded were built on this host and are trusted as they are.
   if (manifest.files) await ensureVerified(recipe.name, dir, imageFilesOf(manifest), manifest.files, log);
-  return builtImageOf(recipe.name, dir, manifest, 'recipe', manifest.boot === 'firmware' ? undefined : kernelCmdline(recipe));
+  return builtImageOf(recipe.name, dir, manifest, 'recipe', kernelCmdline(recipe));
 }
 
+/** The image a manifest describes; `cmdline` is used only for direct kernel boot. */
 function builtImageOf(name: string, dir: string, manifest: ImageManifest, source: BuiltImage['source'], cmdline: string | undefined): BuiltImage {
   const direct = manifest.boot !== 'firmware';
   return {
@@ -308,7 +326,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
     await fs.rm(diskRaw);
 
     const disk = path.join(work, IMAGE_FILES.disk);
-    const files = firmware ? FIRMWARE_FILES : DIGESTED_FILES;
+    const files = imageFilesOf(recipe);
     const manifest: ImageManifest = {
       name: recipe.name,
       recipeHash: recipeHash(recipe),
@@ -426,57 +444,52 @@ export async function assembleFirmwareDisk(parts: FirmwareDiskParts, tools: Boot
 /** Returns the cached image of a download entry, pulling and importing it first when it is missing. */
 export async function ensureDownloadedImage(entry: DownloadEntry, options: EnsureImageOptions = {}): Promise<BuiltImage> {
   const log = (options.log ?? rootLog).child(`image:${entry.name}`);
-  const { imagesDir, cacheDir } = guestlabPaths();
-  const finalDir = path.join(imagesDir, `${entry.name}-${downloadHash(entry).slice(0, 16)}`);
-  const readCached = async (): Promise<BuiltImage | undefined> => {
-    if (options.force) return undefined;
-    const manifest = await readManifest(finalDir);
-    if (!manifest) return undefined;
-    if (manifest.files) await ensureVerified(entry.name, finalDir, FIRMWARE_FILES, manifest.files, log);
-    return builtImageOf(entry.name, finalDir, manifest, 'download', undefined);
-  };
-  const cached = await readCached();
-  if (cached) return cached;
-  await fs.mkdir(imagesDir, { recursive: true });
-  const lock = await acquireLock(finalDir, { signal: options.signal, onWait: () => log.info('another process is importing this image; waiting for it') });
+  const finalDir = path.join(guestlabPaths().imagesDir, imageDirName({ kind: 'download', name: entry.name, download: entry }));
+  return cachedOrMade(finalDir, options, log, {
+    making: 'importing',
+    read: async () => {
+      const manifest = await readManifest(finalDir);
+      if (!manifest) return undefined;
+      if (manifest.files) await ensureVerified(entry.name, finalDir, imageFilesOf(manifest), manifest.files, log);
+      return builtImageOf(entry.name, finalDir, manifest, 'download', undefined);
+    },
+    make: () => importInto(entry, finalDir, log, options.signal),
+  });
+}
+
+/** Pulls the entry's disk (once, verified) and seals it as an image in `finalDir`. */
+async function importInto(entry: DownloadEntry, finalDir: string, log: Logger, signal: AbortSignal | undefined): Promise<void> {
+  const started = Date.now();
+  const pulled = await pullFile(
+    { name: entry.name, url: entry.url, digest: entry.digest, checksums: entry.checksums },
+    { cacheDir: guestlabPaths().cacheDir, signal, onProgress: progressReporter(log, entry.name) },
+  );
+  log.info(`${pulled.downloaded ? 'downloaded' : 'found'} ${entry.url} (${(pulled.bytes / MiB).toFixed(0)} MiB, ${formatDigest(pulled.digest)})`);
+  const work = `${finalDir}.tmp-${process.pid}`;
+  await fs.rm(work, { recursive: true, force: true });
+  await makePrivateDir(work);
   try {
-    const afterWait = await readCached();
-    if (afterWait) return afterWait;
-    const started = Date.now();
-    const pulled = await pullFile(
-      { name: entry.name, url: entry.url, digest: entry.digest, checksums: entry.checksums },
-      { cacheDir, signal: options.signal, onProgress: progressReporter(log, entry.name) },
-    );
-    log.info(`${pulled.downloaded ? 'downloaded' : 'found'} ${entry.url} (${(pulled.bytes / MiB).toFixed(0)} MiB, ${formatDigest(pulled.digest)})`);
-    const work = `${finalDir}.tmp-${process.pid}`;
-    await fs.rm(work, { recursive: true, force: true });
-    await makePrivateDir(work);
-    try {
-      const disk = path.join(work, IMAGE_FILES.disk);
-      await importDisk(entry, pulled.path, disk, options.signal);
-      const manifest: ImageManifest = {
-        name: entry.name,
-        recipeHash: downloadHash(entry),
-        suite: entry.release,
-        kernelVersion: '',
-        cmdline: '',
-        boot: 'firmware',
-        firmware: entry.firmware,
-        download: { url: entry.url, digest: formatDigest(pulled.digest), file: pulled.path },
-        builtAt: new Date().toISOString(),
-        buildMs: Date.now() - started,
-        diskBytes: (await fs.stat(disk)).size,
-        files: await digestFiles(work, FIRMWARE_FILES),
-      };
-      await seal(work, finalDir, manifest, FIRMWARE_FILES);
-      log.info(`imported ${entry.name} in ${(manifest.buildMs / 1000).toFixed(1)}s: ${finalDir}`);
-      return { ...builtImageOf(entry.name, finalDir, manifest, 'download', undefined), built: true };
-    } catch (error) {
-      await fs.rm(work, { recursive: true, force: true }).catch(() => undefined);
-      throw error;
-    }
-  } finally {
-    await lock.release();
+    const disk = path.join(work, IMAGE_FILES.disk);
+    await importDisk(entry, pulled.path, disk, signal);
+    const manifest: ImageManifest = {
+      name: entry.name,
+      recipeHash: downloadHash(entry),
+      suite: entry.release,
+      kernelVersion: '',
+      cmdline: '',
+      boot: 'firmware',
+      firmware: entry.firmware,
+      download: { url: entry.url, digest: formatDigest(pulled.digest), file: pulled.path },
+      builtAt: new Date().toISOString(),
+      buildMs: Date.now() - started,
+      diskBytes: (await fs.stat(disk)).size,
+      files: await digestFiles(work, FIRMWARE_FILES),
+    };
+    await seal(work, finalDir, manifest, FIRMWARE_FILES);
+    log.info(`imported ${entry.name} in ${(manifest.buildMs / 1000).toFixed(1)}s: ${finalDir}`);
+  } catch (error) {
+    await fs.rm(work, { recursive: true, force: true }).catch(() => undefined);
+    throw error;
   }
 }
 
