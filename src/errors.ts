@@ -22,6 +22,7 @@ export type GuestlabErrorCode =
   | 'ERR_DISK_FULL'
   | 'ERR_WAIT_TIMEOUT'
   | 'ERR_UNIT_FAILED'
+  | 'ERR_GUEST_DEAD_END'
   | 'ERR_ABORTED'
   | 'ERR_DOWNLOAD'
   | 'ERR_NOT_A_RECIPE';
@@ -196,3 +197,51 @@ export function tailLines(text: string, count: number): string {
   const lines = text.replace(/\s+$/, '').split('\n');
   return lines.slice(-count).join('\n');
 }
+
+export type DeadEndKind = 'unit-failed' | 'emergency' | 'panic' | 'halted';
+
+/** A state a booting guest cannot get out of by itself, as its serial console told it. */
+export interface DeadEnd {
+  kind: DeadEndKind;
+  /** The failed unit (unit-failed only). */
+  unit?: string | undefined;
+  /** What the guest said: the unit's status and journal lines, or the console lines around the event. */
+  evidence: string;
+}
+
+/** The guest reached a state from which the boot cannot succeed; `deadEnd` holds its evidence. */
+export class GuestDeadEndError extends GuestlabError {
+  override name = 'GuestDeadEndError';
+  readonly kind: DeadEndKind;
+  readonly unit: string | undefined;
+  readonly evidence: string;
+  readonly phase: string;
+  constructor(guest: string, deadEnd: DeadEnd, phase: string, elapsedMs: number, consoleTail: string) {
+    super(`Guest ${guest} ${describe(deadEnd)} (phase: ${phase}, ${(elapsedMs / 1000).toFixed(1)}s after QEMU started), so it will never be ready. ${nextStep(deadEnd)}\n` +
+      `--- ${deadEnd.unit ? `${deadEnd.unit}: status and journal` : 'serial console around it'} ---\n${deadEnd.evidence || '(nothing reported)'}\n` +
+      `--- serial console, last lines ---\n${consoleTail || '(empty)'}`, { code: 'ERR_GUEST_DEAD_END' });
+    this.kind = deadEnd.kind;
+    this.unit = deadEnd.unit;
+    this.evidence = deadEnd.evidence;
+    this.phase = phase;
+  }
+}
+
+function describe(deadEnd: DeadEnd): string {
+  switch (deadEnd.kind) {
+    case 'unit-failed': return `reports that ${deadEnd.unit} failed for good during boot`;
+    case 'emergency': return 'dropped into emergency mode during boot';
+    case 'panic': return 'hit a kernel panic during boot';
+    case 'halted': return 'halted during boot';
+  }
+}
+
+function nextStep(deadEnd: DeadEnd): string {
+  if (deadEnd.kind === 'unit-failed') {
+    return deadEnd.unit === 'ssh.service' || deadEnd.unit === 'sshd.service'
+      ? 'Check what the spec writes into the guest (cloudConfig write_files, bootcmd) for sshd_config or ssh.service changes; the status below says what sshd refused.'
+      : 'The status below says why; check what the spec changes in that unit or its configuration.';
+  }
+  return 'The console lines below show what the guest did; check the image and what the spec changes in its boot (cloudConfig bootcmd, write_files under /etc).';
+}
+

@@ -30,6 +30,7 @@ export {
   GuestlabError,
   GuestCommandError,
   BootTimeoutError,
+  GuestDeadEndError,
   CloudInitError,
   HostKeyMismatchError,
   HostRequirementError,
@@ -42,6 +43,8 @@ export {
   GuestStoppedError,
   AbortedError,
   type GuestlabErrorCode,
+  type DeadEnd,
+  type DeadEndKind,
 } from './errors.ts';
 export { UnknownImageError, resolveImage, type CatalogEntry, type DownloadEntry, type Firmware } from './images/catalog.ts';
 export { findOvmf, type OvmfFiles } from './host/firmware.ts';

@@ -3,7 +3,7 @@
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { acquireLease } from '../budget/leases.ts';
-import { AbortedError, BootTimeoutError, CloudInitError, GuestlabError, HostRequirementError, QemuError, SshError, tailLines } from '../errors.ts';
+import { AbortedError, BootTimeoutError, CloudInitError, GuestDeadEndError, GuestlabError, HostRequirementError, QemuError, SshError, tailLines } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { writeSeedIso } from '../cloud-init/seed.ts';
 import { createOverlay } from '../disk/overlay.ts';
@@ -23,6 +23,7 @@ import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
 import { run } from '../util/run.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
+import { ConsoleWatch } from './dead-end.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
 import { keepMode } from './keep.ts';
 import { registerLive } from './registry.ts';
@@ -34,6 +35,9 @@ export interface StartOptions {
 }
 
 const SERIAL_TAIL_LINES = 50;
+/** A dead-end error carries the guest's own report; a shorter console tail goes with it. */
+const DEAD_END_TAIL_LINES = 20;
+const DEAD_END_POLL_MS = 500;
 const DEFAULT_MIN_FREE_DISK_MIB = 2048;
 
 /** Boot a guest and return it once SSH works and cloud-init is done. A string names fixtures/NAME.yaml. */
@@ -228,6 +232,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
   await preflightDisk(instancesDir);
   const lease = await acquireLease({ guest: spec.name, cpus: spec.cpus, memoryMiB: spec.memoryMiB, log, signal });
   const parts: TeardownParts = { lease, log };
+  let consoleWatch: ConsoleWatch | undefined;
   try {
     const instance = await createInstanceDir(instancesDir, spec.name);
     parts.instance = instance;
@@ -255,6 +260,9 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       incoming: prepared.incoming && prepared.incomingIgnoresShared ? 'defer' : prepared.incoming,
       memoryFile: prepared.memoryFile,
     });
+    // From the end of what the serial log holds now: a clone's log starts with its template's boot.
+    consoleWatch = await ConsoleWatch.from(instance.file('serial'));
+    const watch = consoleWatch;
     const bootStarted = performance.now();
     const deadline = Date.now() + bootTimeoutMs;
     const qemu = await launchQemu(argv, log, { outputFile: instance.file('qemuLog'), keepable: keepMode() !== 'never' });
@@ -291,16 +299,22 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       { mode: 0o600 },
     );
 
-    /** The error for a start that went wrong, with the serial console's tail as evidence. */
+    /**
+     * The error for a start that went wrong, with the serial console's tail as evidence; a dead end
+     * the guest reported on its console (a unit failed for good, emergency mode, panic) wins.
+     */
     const bootFailure: BootFailure = async (phase, problem, { timedOut, cause }) => {
       const serial = tailLines(await fs.readFile(instance.file('serial'), 'utf8').catch(() => ''), SERIAL_TAIL_LINES);
+      const deadEnd = await watch.poll().catch(() => undefined);
+      if (deadEnd) return new GuestDeadEndError(spec.name, deadEnd, phase, performance.now() - bootStarted, tailLines(serial, DEAD_END_TAIL_LINES));
       const elapsed = ((performance.now() - bootStarted) / 1000).toFixed(1);
       const text = `Guest ${spec.name} (${spec.image}, ${accel}${plan.clonedFrom ? `, clone of ${plan.clonedFrom}` : ''}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
         `--- serial console, last ${SERIAL_TAIL_LINES} lines ---\n${serial || '(empty)'}`;
       if (qemu.hasExited) return new QemuError(`${text}\n--- QEMU output ---\n${qemu.outputTail()}`, { cause });
       return timedOut ? new BootTimeoutError(text, bootTimeoutMs, phase, { cause }) : new GuestlabError(text, { cause });
     };
-    const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : parts.diskFull ? 'the host disk is full' : undefined);
+    const qemuGone = () => (qemu.hasExited ? 'QEMU exited' : parts.diskFull ? 'the host disk is full' : watch.deadEnd ? 'the guest reached a dead end' : undefined);
+    watch.start(DEAD_END_POLL_MS);
 
     // Banner, then authentication. Retried until the deadline: sshd may be up before cloud-init
     // has created the user. A host key mismatch is final.
@@ -314,7 +328,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       if ('stopped' in banner) {
         checkAbort('waiting for SSH');
         if (parts.diskFull) throw parts.diskFull;
-        throw await bootFailure('ssh-banner', `stopped before SSH answered: QEMU ${qemu.hasExited ? describeExit(await qemu.exited) : 'stopped'}`, { timedOut: false });
+        throw await bootFailure('ssh-banner', `stopped before SSH answered: ${qemu.hasExited ? `QEMU ${describeExit(await qemu.exited)}` : banner.stopped}`, { timedOut: false });
       }
       sshBannerMs ||= since();
       try {
@@ -324,15 +338,22 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
         lastAuthError = error;
         log.debug(`SSH not ready yet: ${(error as Error).message}`);
         if (Date.now() >= deadline) throw await bootFailure('ssh-auth', `did not accept the SSH key within ${bootTimeoutMs} ms`, { timedOut: true, cause: error });
+        if (watch.deadEnd) throw await bootFailure('ssh-auth', 'reached a dead end before it accepted the SSH key', { timedOut: false, cause: error });
         await sleep(500);
       }
     }
     parts.session = session;
     const sshReadyMs = since();
     log.debug(`SSH ready after ${(sshReadyMs / 1000).toFixed(1)}s`);
-    await plan.settle(session, { bootFailure, deadline }).catch((error: unknown) => {
+    // A guest that panics or halts while cloud-init runs leaves the SSH command hanging: the
+    // console watch ends the wait.
+    const deadEndWhileSettling = watch.found.then(async () => {
+      throw await bootFailure(plan.clonedFrom ? 'restore' : 'cloud-init', 'reached a dead end while settling', { timedOut: false });
+    });
+    await Promise.race([plan.settle(session, { bootFailure, deadline }), deadEndWhileSettling]).catch((error: unknown) => {
       throw parts.diskFull ?? error;
     });
+    watch.stop();
     checkAbort('settling');
     const timings: BootTimings = { imageReadyMs: plan.imageReadyMs, qemuStartedMs, sshBannerMs, sshReadyMs, cloudInitDoneMs: since(), ...(restoreMs === undefined ? {} : { restoreMs }) };
     log.debug(`ready: ${JSON.stringify(timings)}`);
@@ -350,6 +371,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
       uefi: prepared.uefi,
     };
   } catch (error) {
+    consoleWatch?.stop();
     await shutdownParts(parts).catch((stopError) => log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
     if (error instanceof SshError || error instanceof GuestlabError) throw error;
     throw new GuestlabError(`Starting guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
