@@ -2,7 +2,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { CloudInitError, startGuest } from 'guestlab';
+import { CloudInitError, GuestDeadEndError, startGuest } from 'guestlab';
 import { describe, expect, test } from 'vitest';
 import { processesMentioning, usePrivateInstancesDir } from './helpers.ts';
 
@@ -17,6 +17,33 @@ describe('guest failures', () => {
     expect(error).toBeInstanceOf(CloudInitError);
     expect((error as Error).message).toMatch(/cloud-init finished with status "error"/);
     expect((error as Error).message).toContain('guestlab-runcmd-failed');
+    expect(await fs.readdir(instances())).toEqual([]);
+    expect(await processesMentioning(instances())).toEqual([]);
+  });
+
+  // Both boots at once (one vCPU each): each pays for one boot's CI time, not two.
+  test('a boot that reaches a dead end fails at once with the guest\'s evidence: sshd refusing its config, a kernel panic', async () => {
+    const started = performance.now();
+    const [brokenSshd, panicked] = await Promise.all([
+      // Written by cloud-init's init stage, before sshd starts: sshd -t refuses the option.
+      startGuest({
+        image: 'debian-12',
+        name: 'broken-sshd',
+        cloudConfig: { write_files: [{ path: '/etc/ssh/sshd_config.d/99-broken.conf', content: 'NoSuchOption yes\n' }] },
+      }).catch((e: unknown) => e),
+      startGuest({ image: 'debian-12', name: 'panics', cloudConfig: { bootcmd: ['echo c > /proc/sysrq-trigger'] } }).catch((e: unknown) => e),
+    ]);
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    // The default boot timeout under TCG is ten minutes: a dead-end error means the wait was not served.
+    expect(brokenSshd, seconds).toBeInstanceOf(GuestDeadEndError);
+    expect(brokenSshd).toMatchObject({ code: 'ERR_GUEST_DEAD_END', kind: 'unit-failed', unit: 'ssh.service', phase: 'ssh-banner' });
+    const sshdError = brokenSshd as GuestDeadEndError;
+    expect(sshdError.evidence).toMatch(/Active: failed/);
+    expect(sshdError.evidence).toMatch(/99-broken\.conf: line 1: Bad configuration option: NoSuchOption/);
+    expect(sshdError.message).toMatch(/^Guest broken-sshd reports that ssh\.service failed for good during boot/);
+    expect(panicked, seconds).toBeInstanceOf(GuestDeadEndError);
+    expect(panicked).toMatchObject({ kind: 'panic' });
+    expect((panicked as GuestDeadEndError).evidence).toMatch(/Kernel panic - not syncing: sysrq triggered crash/);
     expect(await fs.readdir(instances())).toEqual([]);
     expect(await processesMentioning(instances())).toEqual([]);
   });
