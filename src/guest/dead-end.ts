@@ -57,6 +57,11 @@ export function findDeadEnd(consoleText: string, options: { complete?: boolean }
   return undefined;
 }
 
+/** Console text without the report's own lines, which a dead-end error carries separately. */
+export function withoutReport(consoleText: string): string {
+  return consoleText.split('\n').filter((line) => !line.includes(REPORT_LINE) && !line.includes(REPORT_END) && !line.includes(REPORT_START)).join('\n');
+}
+
 /**
  * Follows a serial log from a byte offset (so a clone's log, which holds its template's boot,
  * is read from where this QEMU started) and keeps the first dead end found.

@@ -23,7 +23,7 @@ import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
 import { run } from '../util/run.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
-import { ConsoleWatch } from './dead-end.ts';
+import { ConsoleWatch, withoutReport } from './dead-end.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
 import { keepMode } from './keep.ts';
 import { registerLive } from './registry.ts';
@@ -306,7 +306,7 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
     const bootFailure: BootFailure = async (phase, problem, { timedOut, cause }) => {
       const serial = tailLines(await fs.readFile(instance.file('serial'), 'utf8').catch(() => ''), SERIAL_TAIL_LINES);
       const deadEnd = await watch.poll().catch(() => undefined);
-      if (deadEnd) return new GuestDeadEndError(spec.name, deadEnd, phase, performance.now() - bootStarted, tailLines(serial, DEAD_END_TAIL_LINES));
+      if (deadEnd) return new GuestDeadEndError(spec.name, deadEnd, phase, performance.now() - bootStarted, tailLines(withoutReport(serial), DEAD_END_TAIL_LINES));
       const elapsed = ((performance.now() - bootStarted) / 1000).toFixed(1);
       const text = `Guest ${spec.name} (${spec.image}, ${accel}${plan.clonedFrom ? `, clone of ${plan.clonedFrom}` : ''}) ${problem} (phase: ${phase}, ${elapsed}s after QEMU started).\n` +
         `--- serial console, last ${SERIAL_TAIL_LINES} lines ---\n${serial || '(empty)'}`;

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { parse } from 'yaml';
 import { GuestDeadEndError } from '../../src/errors.ts';
-import { ConsoleWatch, findDeadEnd, REPORT_END, REPORT_LINE, REPORT_START } from '../../src/guest/dead-end.ts';
+import { ConsoleWatch, findDeadEnd, REPORT_END, REPORT_LINE, REPORT_START, withoutReport } from '../../src/guest/dead-end.ts';
 
 // What the image's reporter writes (images/debian-12.yaml, report-dead-end), as a console shows it:
 // CRLF line ends, kernel lines between.
@@ -61,6 +61,10 @@ describe('findDeadEnd', () => {
     ].join('\n');
     expect(findDeadEnd(boot)).toBeUndefined();
   });
+});
+
+test('withoutReport leaves the console lines around a report', () => {
+  expect(withoutReport(report.replace(/\r/g, ''))).toBe('[  OK  ] Started cloud-config.service.\n[   41.2] random: crng init done');
 });
 
 describe('ConsoleWatch', () => {
