@@ -19,6 +19,8 @@ export type GuestlabErrorCode =
   | 'ERR_GUEST_STOPPED'
   | 'ERR_LOCK_TIMEOUT'
   | 'ERR_BUDGET'
+  | 'ERR_BUDGET_DEADLOCK'
+  | 'ERR_UNSAFE_DIRECTORY'
   | 'ERR_DISK_FULL'
   | 'ERR_WAIT_TIMEOUT'
   | 'ERR_UNIT_FAILED'
@@ -245,3 +247,30 @@ function nextStep(deadEnd: DeadEnd): string {
   return 'The console lines below show what the guest did; check the image and what the spec changes in its boot (cloudConfig bootcmd, write_files under /etc).';
 }
 
+
+/** A request that can never fit the whole budget. */
+export class BudgetExceededError extends GuestlabError {
+  override name = 'BudgetExceededError';
+  constructor(message: string) {
+    super(message, { code: 'ERR_BUDGET' });
+  }
+}
+
+/**
+ * Processes that hold leases and each wait for a lease that only the others' release would free:
+ * nothing would ever move, so the waiting request fails instead.
+ */
+export class BudgetDeadlockError extends GuestlabError {
+  override name = 'BudgetDeadlockError';
+  readonly holders: readonly { guest: string; pid: number; cpus: number; memoryMiB: number }[];
+  constructor(guest: string, holders: readonly { guest: string; pid: number; cpus: number; memoryMiB: number }[], afterMs: number) {
+    super(
+      `Guest ${guest} waited ${afterMs / 1000} s for the budget in a deadlock: its process holds leases and waits, and every other holder waits too. ` +
+        `Holders: ${holders.map((h) => `${h.guest} (pid ${h.pid}, ${h.cpus} CPU, ${h.memoryMiB} MiB)`).join(', ')}. ` +
+        'Start fewer guests at once per process (stop one before starting the next), give them fewer cpus/memoryMiB, ' +
+        'or raise GUESTLAB_BUDGET_CPUS / GUESTLAB_BUDGET_MEMORY_MIB.',
+      { code: 'ERR_BUDGET_DEADLOCK' },
+    );
+    this.holders = holders;
+  }
+}

@@ -31,6 +31,8 @@ export {
   GuestCommandError,
   BootTimeoutError,
   GuestDeadEndError,
+  BudgetExceededError,
+  BudgetDeadlockError,
   CloudInitError,
   HostKeyMismatchError,
   HostRequirementError,
@@ -55,3 +57,4 @@ export { pullFile, DownloadError, type DownloadSource, type PulledFile, type Pul
 export { imageCacheKey, exportImages, importImages, verifyCachedImages, removeImages, listCachedImages, type ImportedImage, type CachedImageInfo } from './images/archive.ts';
 export { probeHost, type HostFacts } from './host/probe.ts';
 export { quoteArg, quoteArgv } from './util/shell-quote.ts';
+export { UnsafeDirectoryError } from './util/owned-dir.ts';

@@ -1,20 +1,26 @@
-// Host-wide leases of CPUs and memory, shared by every worker and process through a directory.
-// A lease names its holder by pid and start time, so a lease left by a dead process (SIGKILL,
-// OOM) is reclaimed by the next process that looks, and a reused pid is never mistaken for it.
-// Waiting guests queue first come, first served: only the oldest waiting request may be admitted.
+// Host-wide leases of CPUs and memory, shared by every worker and process of this user through a
+// private directory. A lease names its holder by pid and start time, so a lease left by a dead
+// process (SIGKILL, OOM) is reclaimed by the next process that looks, and a reused pid is never
+// mistaken for it. Who is admitted next is policy.ts's decision, made under the budget's lock.
+//
+// Every record is written whole (temp file + rename) and never deleted for failing to parse: a
+// reader outside the lock cannot destroy a request. A request whose ticket is gone anyway (removed
+// by hand) writes it again at its next look.
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AbortedError, GuestlabError } from '../errors.ts';
+import { guestlabPaths } from '../config.ts';
+import { AbortedError, BudgetDeadlockError, BudgetExceededError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
-import { makePrivateDir } from '../util/fs.ts';
-import { withLock } from '../util/lock.ts';
-import { detectLimits, QEMU_OVERHEAD_MIB, type BudgetLimits } from './limits.ts';
-import { fits, type Usage } from './arithmetic.ts';
+import { withFileLock } from '../util/file-lock.ts';
+import { ensureOwnedPrivateDir, writeFileAtomic } from '../util/owned-dir.ts';
+import { detectCpus, memoryNow, QEMU_OVERHEAD_MIB, residentMiB } from './limits.ts';
+import { decide, DEADLOCK_AFTER_MS, memoryFreeMiB, usedOf, type Held, type Request } from './policy.ts';
+
+export { BudgetExceededError, BudgetDeadlockError };
 
 export interface LeaseRecord {
   id: string;
@@ -23,40 +29,65 @@ export interface LeaseRecord {
   cpus: number;
   memoryMiB: number;
   createdAt: number;
+  /** The guest's QEMU, once it runs: its resident memory is measured at every admission. */
+  qemuPid?: number | undefined;
 }
 
 export interface Lease {
   readonly id: string;
   readonly waitedMs: number;
+  /** Records the QEMU that uses this lease, so that its real memory use is counted. */
+  attach(qemuPid: number): Promise<void>;
   release(): Promise<void>;
 }
 
-export class BudgetExceededError extends GuestlabError {
-  override name = 'BudgetExceededError';
-  constructor(message: string) {
-    super(message, { code: 'ERR_BUDGET' });
-  }
-}
-
+/**
+ * The budget's directory: GUESTLAB_BUDGET_DIR, else `budget/` in $XDG_RUNTIME_DIR/guestlab (a
+ * per-user tmpfs) or in the cache directory. Never a shared path in /tmp.
+ */
 export function budgetDir(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.GUESTLAB_BUDGET_DIR || path.join(os.tmpdir(), `guestlab-budget-${process.getuid?.() ?? 0}`));
+  if (env.GUESTLAB_BUDGET_DIR) return path.resolve(env.GUESTLAB_BUDGET_DIR);
+  if (env.XDG_RUNTIME_DIR) return path.join(env.XDG_RUNTIME_DIR, 'guestlab', 'budget');
+  return path.join(guestlabPaths(env).cacheDir, 'budget');
 }
 
 const LEASES = 'leases';
 const QUEUE = 'queue';
-const SNAPSHOT = 'limits.json';
+const LOCK = 'lock';
+const STATE = 'state.json';
+/** GUESTLAB_BUDGET_CPU_OVERCOMMIT: how far a process blocked only by its own guests may overcommit CPUs. */
+const DEFAULT_CPU_OVERCOMMIT = 2;
+
+interface BudgetState {
+  /** The oldest request when `bypasses` was last counted. */
+  headId?: string | undefined;
+  bypasses: number;
+}
+
+async function prepareDir(dir: string): Promise<void> {
+  await ensureOwnedPrivateDir(dir, 'GUESTLAB_BUDGET_DIR');
+  await fs.mkdir(path.join(dir, LEASES), { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.join(dir, QUEUE), { recursive: true, mode: 0o700 });
+}
+
+/** Runs `fn` under the budget's lock. */
+export async function withBudgetLock<T>(fn: (dir: string) => Promise<T>, options: { signal?: AbortSignal | undefined } = {}): Promise<T> {
+  const dir = budgetDir();
+  await prepareDir(dir);
+  return withFileLock(path.join(dir, LOCK), { signal: options.signal }, () => fn(dir));
+}
 
 async function readRecords(dir: string): Promise<{ file: string; record: LeaseRecord }[]> {
   const entries = await fs.readdir(dir).catch(() => [] as string[]);
   const records: { file: string; record: LeaseRecord }[] = [];
   for (const entry of entries) {
-    if (!entry.endsWith('.json')) continue;
+    if (!entry.endsWith('.json')) continue; // temp files end in .tmp
     const file = path.join(dir, entry);
     const text = await fs.readFile(file, 'utf8').catch(() => undefined);
     try {
       if (text !== undefined) records.push({ file, record: JSON.parse(text) as LeaseRecord });
     } catch {
-      await fs.rm(file, { force: true }); // torn write by a dead process
+      // Records are renamed into place whole; an unreadable one is not ours to judge. Skip it.
     }
   }
   return records;
@@ -78,40 +109,44 @@ async function reclaimDead(dir: string, log?: Logger): Promise<{ live: LeaseReco
   return { live, dead };
 }
 
-/** Live records of a directory; records of dead holders are deleted on the way. */
-async function liveRecords(dir: string, log?: Logger): Promise<LeaseRecord[]> {
-  return (await reclaimDead(dir, log)).live;
-}
+const processKey = (owner: ProcessIdentity) => `${owner.pid}:${owner.start}`;
 
 /** CPUs and memory held by `records`. */
-export function usageOf(records: LeaseRecord[]): Usage {
-  return records.reduce((sum, r) => ({ cpus: sum.cpus + r.cpus, memoryMiB: sum.memoryMiB + r.memoryMiB }), { cpus: 0, memoryMiB: 0 });
+export function usageOf(records: LeaseRecord[]): { cpus: number; memoryMiB: number } {
+  return usedOf(records);
 }
 
-/**
- * The budget in force. Memory comes from MemAvailable, which running guests shrink, so it is
- * measured while no lease is held and kept until the budget is idle again.
- */
-async function limitsInForce(dir: string, idle: boolean): Promise<BudgetLimits> {
-  const snapshotFile = path.join(dir, SNAPSHOT);
-  if (!idle) {
-    const text = await fs.readFile(snapshotFile, 'utf8').catch(() => undefined);
-    if (text) {
-      const snapshot = JSON.parse(text) as BudgetLimits;
-      // Explicit overrides of this process win over the snapshot. Only they are read here: this
-      // runs at every poll of every waiting guest, and the host's own figures are in the snapshot.
-      const overridden = process.env.GUESTLAB_BUDGET_CPUS || process.env.GUESTLAB_BUDGET_MEMORY_MIB;
-      const fresh = overridden ? await detectLimits() : undefined;
-      return {
-        cpus: fresh?.source.cpus.startsWith('GUESTLAB_') ? fresh.cpus : snapshot.cpus,
-        memoryMiB: fresh?.source.memory.startsWith('GUESTLAB_') ? fresh.memoryMiB : snapshot.memoryMiB,
-        source: snapshot.source,
-      };
-    }
-  }
-  const limits = await detectLimits();
-  await fs.writeFile(snapshotFile, JSON.stringify(limits), { mode: 0o600 });
-  return limits;
+/** Leases with the memory their QEMU really uses now. */
+async function measured(leases: LeaseRecord[]): Promise<Held[]> {
+  return Promise.all(leases.map(async (l) => ({
+    id: l.id,
+    guest: l.guest,
+    cpus: l.cpus,
+    memoryMiB: l.memoryMiB,
+    process: processKey(l.owner),
+    measuredMiB: l.qemuPid === undefined ? undefined : await residentMiB(l.qemuPid),
+  })));
+}
+
+/** What the budget holds now, measured: the input of every admission and of `guestlab budget`. */
+export async function budgetSnapshot(dir: string, log?: Logger) {
+  const leases = await measured((await reclaimDead(path.join(dir, LEASES), log)).live);
+  const queueRecords = (await reclaimDead(path.join(dir, QUEUE), log)).live.sort((a, b) => a.id.localeCompare(b.id));
+  const cpus = await detectCpus();
+  const memory = await memoryNow();
+  // A fixed budget counts leases as they were asked for; a measured one sees what QEMUs use.
+  const free = memory.fixedMiB !== undefined ? Math.max(0, memory.fixedMiB - usedOf(leases).memoryMiB) : memoryFreeMiB(memory.availableMiB, memory.reserveMiB, leases);
+  // All the memory guests could have if every running guest stopped.
+  const wholeMemoryMiB = memory.fixedMiB ?? Math.max(0, memory.availableMiB - memory.reserveMiB + leases.reduce((sum, l) => sum + (l.measuredMiB ?? 0), 0));
+  return { leases, queue: queueRecords, cpus, memory, memoryFreeMiB: free, wholeMemoryMiB };
+}
+
+function cpuOvercommit(): number {
+  const raw = process.env.GUESTLAB_BUDGET_CPU_OVERCOMMIT;
+  if (raw === undefined || raw === '') return DEFAULT_CPU_OVERCOMMIT;
+  const value = Number(raw);
+  if (!/^\d+(\.\d+)?$/.test(raw) || value < 1) throw new TypeError(`Expected GUESTLAB_BUDGET_CPU_OVERCOMMIT to be a number of at least 1, got ${JSON.stringify(raw)}`);
+  return value;
 }
 
 export interface AcquireOptions {
@@ -122,62 +157,77 @@ export interface AcquireOptions {
   log: Logger;
   signal?: AbortSignal | undefined;
   pollMs?: number;
+  /** How long a hold-and-wait cycle may last before the request fails (default DEADLOCK_AFTER_MS). */
+  deadlockAfterMs?: number;
 }
 
 /** Wait for room in the budget and take a lease. Fails at once if the request can never fit. */
 export async function acquireLease(options: AcquireOptions): Promise<Lease> {
-  const dir = budgetDir();
-  await makePrivateDir(path.join(dir, LEASES));
-  await makePrivateDir(path.join(dir, QUEUE));
+  const overcommit = cpuOvercommit();
   const owner = currentIdentity();
   const id = `${Date.now().toString().padStart(15, '0')}-${process.pid}-${randomBytes(4).toString('hex')}`;
   const request: LeaseRecord = { id, owner, guest: options.guest, cpus: options.cpus, memoryMiB: options.memoryMiB + QEMU_OVERHEAD_MIB, createdAt: Date.now() };
-  const ticket = path.join(dir, QUEUE, `${id}.json`);
-  const leaseFile = path.join(dir, LEASES, `${id}.json`);
+  const asked: Request = { id, guest: request.guest, cpus: request.cpus, memoryMiB: request.memoryMiB, process: processKey(owner) };
+  let dir = budgetDir();
+  const ticket = () => path.join(dir, QUEUE, `${id}.json`);
+  const leaseFile = () => path.join(dir, LEASES, `${id}.json`);
   const started = Date.now();
   let lastReport = 0;
-  await fs.writeFile(ticket, JSON.stringify(request), { mode: 0o600 });
+  let deadlockSince: number | undefined;
+  await prepareDir(dir);
+  await writeFileAtomic(ticket(), JSON.stringify(request));
   try {
     for (;;) {
       if (options.signal?.aborted) throw new AbortedError(`Waiting for the CPU/memory budget for ${options.guest}`, { cause: options.signal.reason });
-      const outcome = await withLock(`budget:${dir}`, { signal: options.signal }, async () => {
-        const leases = await liveRecords(path.join(dir, LEASES), options.log);
-        const limits = await limitsInForce(dir, leases.length === 0);
-        if (request.cpus > limits.cpus || request.memoryMiB > limits.memoryMiB) {
+      const outcome = await withBudgetLock(async (lockedDir) => {
+        dir = lockedDir;
+        if (!(await fs.stat(ticket()).catch(() => undefined))) {
+          options.log.warn(`the budget's queue entry of ${options.guest} was gone; it is written again`);
+          await writeFileAtomic(ticket(), JSON.stringify(request));
+        }
+        const now = await budgetSnapshot(dir, options.log);
+        if (request.cpus > now.cpus.cpus || request.memoryMiB > now.wholeMemoryMiB) {
           throw new BudgetExceededError(
             `Guest ${options.guest} asks for ${request.cpus} CPU(s) and ${options.memoryMiB} MiB (+${QEMU_OVERHEAD_MIB} MiB for QEMU), ` +
-              `more than the whole budget of ${limits.cpus} CPU(s) and ${limits.memoryMiB} MiB (${limits.source.cpus}; ${limits.source.memory}). ` +
+              `more than the whole budget of ${now.cpus.cpus} CPU(s) and ${now.wholeMemoryMiB} MiB (${now.cpus.source}; ${now.memory.source}). ` +
               'Ask for less, or raise GUESTLAB_BUDGET_CPUS / GUESTLAB_BUDGET_MEMORY_MIB.',
           );
         }
-        const queue = (await liveRecords(path.join(dir, QUEUE))).sort((a, b) => a.id.localeCompare(b.id));
-        const ahead = queue.findIndex((r) => r.id === id);
-        const used = usageOf(leases);
-        if (ahead === 0 && fits(request, used, limits)) {
-          await fs.writeFile(leaseFile, JSON.stringify(request), { mode: 0o600 });
-          await fs.rm(ticket, { force: true });
-          return { admitted: true as const };
+        const statePath = path.join(dir, STATE);
+        const state = await readState(statePath);
+        const head = now.queue[0]?.id;
+        const bypasses = state.headId === head ? state.bypasses : 0;
+        const queue = now.queue.map((r): Request => ({ id: r.id, guest: r.guest, cpus: r.cpus, memoryMiB: r.memoryMiB, process: processKey(r.owner) }));
+        const decision = decide(asked, { queue, leases: now.leases, cpus: now.cpus.cpus, memoryFreeMiB: now.memoryFreeMiB, bypasses, cpuOvercommit: overcommit });
+        if (decision.admit) {
+          await writeFileAtomic(leaseFile(), JSON.stringify(request));
+          await fs.rm(ticket(), { force: true });
+          if (decision.bypass) await writeFileAtomic(statePath, JSON.stringify({ headId: head, bypasses: bypasses + 1 } satisfies BudgetState));
+          if (decision.rule !== 'fifo') options.log.info(`admitted by the ${decision.rule} rule (holds ${now.leases.filter((l) => l.process === asked.process).length} lease(s) already)`);
+          return { decision };
         }
-        const own = leases.filter((l) => l.owner.pid === owner.pid && l.owner.start === owner.start).map((l) => l.guest);
-        return { admitted: false as const, ahead, used, limits, holders: leases.length, own };
-      });
-      if (outcome.admitted) break;
+        return { decision, now };
+      }, { signal: options.signal });
+      const { decision } = outcome;
+      if (decision.admit) break;
+      const now = outcome.now!;
+      deadlockSince = decision.deadlock ? (deadlockSince ?? Date.now()) : undefined;
+      const deadlockAfterMs = options.deadlockAfterMs ?? DEADLOCK_AFTER_MS;
+      if (deadlockSince !== undefined && Date.now() - deadlockSince >= deadlockAfterMs) {
+        throw new BudgetDeadlockError(options.guest, now.leases.map((l) => ({ guest: l.guest, pid: Number(l.process.split(':')[0]), cpus: l.cpus, memoryMiB: l.memoryMiB })), deadlockAfterMs);
+      }
       if (Date.now() - lastReport > 30_000) {
         lastReport = Date.now();
+        const used = usedOf(now.leases);
         options.log.info(
-          `waiting for the budget: needs ${request.cpus} CPU/${request.memoryMiB} MiB; ${outcome.holders} guest(s) hold ` +
-            `${outcome.used.cpus}/${outcome.limits.cpus} CPU, ${outcome.used.memoryMiB}/${outcome.limits.memoryMiB} MiB; ${Math.max(0, outcome.ahead)} request(s) ahead` +
-            // The one wait that never ends by itself: a process holding the whole budget and waiting to start one more.
-            (outcome.own.length === outcome.holders && outcome.holders > 0
-              ? `. Every holder is a guest of this process (${outcome.own.join(', ')}): if it waits for ${options.guest} before stopping one of them, ` +
-                'it waits forever. Start fewer guests at once, give them fewer cpus/memoryMiB, or raise GUESTLAB_BUDGET_CPUS / GUESTLAB_BUDGET_MEMORY_MIB.'
-              : ''),
+          `waiting for the budget: needs ${request.cpus} CPU/${request.memoryMiB} MiB; ${now.leases.length} guest(s) hold ` +
+            `${used.cpus}/${now.cpus.cpus} CPU; ${now.memoryFreeMiB} MiB free for guests (${now.memory.source}); ${decision.ahead} request(s) ahead`,
         );
       }
       await sleep(options.pollMs ?? 250, undefined, { signal: options.signal }).catch(() => undefined);
     }
   } catch (error) {
-    await fs.rm(ticket, { force: true });
+    await fs.rm(ticket(), { force: true });
     throw error;
   }
   const waitedMs = Date.now() - started;
@@ -186,12 +236,25 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
   return {
     id,
     waitedMs,
+    attach: async (qemuPid) => {
+      if (released) return;
+      await writeFileAtomic(leaseFile(), JSON.stringify({ ...request, qemuPid } satisfies LeaseRecord));
+    },
     release: async () => {
       if (released) return;
       released = true;
-      await fs.rm(leaseFile, { force: true });
+      await fs.rm(leaseFile(), { force: true });
     },
   };
+}
+
+async function readState(file: string): Promise<BudgetState> {
+  const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+  try {
+    return text ? (JSON.parse(text) as BudgetState) : { bypasses: 0 };
+  } catch {
+    return { bypasses: 0 };
+  }
 }
 
 /** Synchronous release for exit handlers. */
@@ -199,16 +262,16 @@ export function releaseLeaseSync(id: string): void {
   rmSync(path.join(budgetDir(), LEASES, `${id}.json`), { force: true });
 }
 
-/** Leases and queue entries of live holders, for `guestlab ps` and tests. */
+/** Leases and queue entries of live holders, read under the lock, for `guestlab ps` and tests. */
 export async function budgetState(): Promise<{ leases: LeaseRecord[]; queue: LeaseRecord[] }> {
-  const dir = budgetDir();
-  return { leases: await liveRecords(path.join(dir, LEASES)), queue: await liveRecords(path.join(dir, QUEUE)) };
+  return withBudgetLock(async (dir) => ({ leases: (await reclaimDead(path.join(dir, LEASES))).live, queue: (await reclaimDead(path.join(dir, QUEUE))).live }));
 }
 
-/** Remove records of dead holders; returns what was removed. */
+/** Remove records of dead holders, under the lock; returns what was removed. */
 export async function sweepLeases(): Promise<LeaseRecord[]> {
-  const dir = budgetDir();
-  const removed: LeaseRecord[] = [];
-  for (const sub of [LEASES, QUEUE]) removed.push(...(await reclaimDead(path.join(dir, sub))).dead);
-  return removed;
+  return withBudgetLock(async (dir) => {
+    const removed: LeaseRecord[] = [];
+    for (const sub of [LEASES, QUEUE]) removed.push(...(await reclaimDead(path.join(dir, sub))).dead);
+    return removed;
+  });
 }

@@ -26,7 +26,7 @@ export function parseCpuMax(text: string): number | undefined {
   return Number.isFinite(cpus) && cpus > 0 ? Math.max(1, Math.floor(cpus)) : undefined;
 }
 
-/** cgroup v2 memory.max: "max" or bytes. Returns MiB. */
+/** cgroup v2 memory.max or memory.current: "max" or bytes. Returns MiB. */
 export function parseMemoryMax(text: string): number | undefined {
   const value = text.trim();
   if (!value || value === 'max') return undefined;
@@ -60,30 +60,71 @@ async function readCgroupFile(name: string): Promise<string | undefined> {
   return tightest;
 }
 
+/** The least room (memory.max - memory.current) of this process's cgroup and its ancestors. */
+async function cgroupMemoryRoomMiB(): Promise<number> {
+  let dir = parseCgroupPath(await fs.readFile('/proc/self/cgroup', 'utf8').catch(() => ''));
+  let room = Infinity;
+  while (dir !== undefined) {
+    const base = `/sys/fs/cgroup${dir === '/' ? '' : dir}`;
+    const max = parseMemoryMax(await fs.readFile(`${base}/memory.max`, 'utf8').catch(() => ''));
+    if (max !== undefined) {
+      const current = parseMemoryMax(await fs.readFile(`${base}/memory.current`, 'utf8').catch(() => '')) ?? 0;
+      room = Math.min(room, Math.max(0, max - current));
+    }
+    dir = dir === '/' || dir === '' ? undefined : dir.slice(0, dir.lastIndexOf('/')) || '/';
+  }
+  return room;
+}
+
 function envNumber(env: NodeJS.ProcessEnv, name: string): number | undefined {
   const raw = env[name];
   if (raw === undefined || raw === '') return undefined;
+  if (!/^\d+$/.test(raw.trim())) throw new TypeError(`Expected ${name} to be a positive whole number, got ${JSON.stringify(raw)}; unset it to use what the host has.`);
   return expectPositiveInteger(name, Number(raw));
 }
 
+export interface MemoryNow {
+  /** Memory the host could give a new program now: MemAvailable, or the cgroup's room if tighter. */
+  availableMiB: number;
+  reserveMiB: number;
+  /** A fixed memory budget for guests (GUESTLAB_BUDGET_MEMORY_MIB) instead of the measured one. */
+  fixedMiB?: number | undefined;
+  source: string;
+}
+
+/**
+ * The budget's figures as this process sees them. Overrides (GUESTLAB_BUDGET_*) are this
+ * process's own: they are read from its environment at every admission and never shared.
+ */
 export async function detectLimits(env: NodeJS.ProcessEnv = process.env): Promise<BudgetLimits> {
-  const cpusOverride = envNumber(env, 'GUESTLAB_BUDGET_CPUS');
-  const memoryOverride = envNumber(env, 'GUESTLAB_BUDGET_MEMORY_MIB');
-  let cpus = cpusOverride;
-  let cpuSource = 'GUESTLAB_BUDGET_CPUS';
-  if (cpus === undefined) {
-    const quota = parseCpuMax((await readCgroupFile('cpu.max')) ?? '');
-    cpus = Math.min(os.availableParallelism(), quota ?? Infinity);
-    cpuSource = quota !== undefined && quota < os.availableParallelism() ? 'cgroup cpu.max' : 'os.availableParallelism()';
-  }
-  let memoryMiB = memoryOverride;
-  let memorySource = 'GUESTLAB_BUDGET_MEMORY_MIB';
-  if (memoryMiB === undefined) {
-    const reserve = envNumber(env, 'GUESTLAB_HOST_RESERVE_MIB') ?? DEFAULT_HOST_RESERVE_MIB;
-    const available = await memAvailableMiB();
-    const cgroupMax = parseMemoryMax((await readCgroupFile('memory.max')) ?? '');
-    memoryMiB = Math.max(0, Math.min(available, cgroupMax ?? Infinity) - reserve);
-    memorySource = `${cgroupMax !== undefined && cgroupMax < available ? 'cgroup memory.max' : 'MemAvailable'} minus ${reserve} MiB reserve`;
-  }
-  return { cpus, memoryMiB, source: { cpus: cpuSource, memory: memorySource } };
+  const cpus = await detectCpus(env);
+  const memory = await memoryNow(env);
+  const memoryMiB = memory.fixedMiB ?? Math.max(0, memory.availableMiB - memory.reserveMiB);
+  return { cpus: cpus.cpus, memoryMiB, source: { cpus: cpus.source, memory: memory.source } };
+}
+
+export async function detectCpus(env: NodeJS.ProcessEnv = process.env): Promise<{ cpus: number; source: string }> {
+  const override = envNumber(env, 'GUESTLAB_BUDGET_CPUS');
+  if (override !== undefined) return { cpus: override, source: 'GUESTLAB_BUDGET_CPUS' };
+  const quota = parseCpuMax((await readCgroupFile('cpu.max')) ?? '');
+  const cores = os.availableParallelism();
+  return { cpus: Math.min(cores, quota ?? Infinity), source: quota !== undefined && quota < cores ? 'cgroup cpu.max' : 'os.availableParallelism()' };
+}
+
+/** Read afresh at every admission: memory that other programs take is seen at once. */
+export async function memoryNow(env: NodeJS.ProcessEnv = process.env): Promise<MemoryNow> {
+  const fixedMiB = envNumber(env, 'GUESTLAB_BUDGET_MEMORY_MIB');
+  const reserveMiB = fixedMiB === undefined ? (envNumber(env, 'GUESTLAB_HOST_RESERVE_MIB') ?? DEFAULT_HOST_RESERVE_MIB) : 0;
+  const available = await memAvailableMiB();
+  const cgroupRoom = await cgroupMemoryRoomMiB();
+  const availableMiB = Math.min(available, cgroupRoom);
+  const source = fixedMiB !== undefined ? 'GUESTLAB_BUDGET_MEMORY_MIB' : `${cgroupRoom < available ? 'cgroup memory.max' : 'MemAvailable'} now, minus ${reserveMiB} MiB reserve`;
+  return { availableMiB, reserveMiB, fixedMiB, source };
+}
+
+/** Resident memory of a process (VmRSS), in MiB; undefined when it is gone. */
+export async function residentMiB(pid: number): Promise<number | undefined> {
+  const status = await fs.readFile(`/proc/${pid}/status`, 'utf8').catch(() => undefined);
+  const kib = status && /^VmRSS:\s+(\d+)/m.exec(status)?.[1];
+  return kib ? Math.ceil(Number(kib) / 1024) : undefined;
 }

@@ -268,6 +268,8 @@ export async function launchGuest(plan: LaunchPlan): Promise<LaunchedGuest> {
     const qemu = await launchQemu(argv, log, { outputFile: instance.file('qemuLog'), keepable: keepMode() !== 'never' });
     parts.qemu = qemu;
     registerLive(instance.id, { dir: instance.dir, pid: qemu.pid });
+    // From here on the budget counts what this QEMU really uses, not only what it asked for.
+    await lease.attach(qemu.pid);
     const qmp = await connectQmp(instance, qemu, deadline);
     parts.qmp = qmp;
     qmp.on('event', (event) => {

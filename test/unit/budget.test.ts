@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { dir } from 'tmp-promise';
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { afterEach, beforeEach, describe, expect, onTestFinished, test } from 'vitest';
 import { fits } from '../../src/budget/arithmetic.ts';
 import { acquireLease, budgetState, sweepLeases } from '../../src/budget/leases.ts';
 import { parseCgroupPath, parseCpuMax, parseMemoryMax, QEMU_OVERHEAD_MIB } from '../../src/budget/limits.ts';
@@ -91,6 +91,10 @@ describe('leases', () => {
   });
 
   test('a waiting request can be aborted and leaves no queue entry', async () => {
+    process.env.GUESTLAB_BUDGET_CPU_OVERCOMMIT = '1';
+    onTestFinished(() => {
+      delete process.env.GUESTLAB_BUDGET_CPU_OVERCOMMIT;
+    });
     const a = await acquireLease({ guest: 'a', cpus: 2, memoryMiB: 512, log });
     const controller = new AbortController();
     const waiting = acquireLease({ guest: 'b', cpus: 1, memoryMiB: 512, log, signal: controller.signal, pollMs: 20 });
