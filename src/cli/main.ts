@@ -11,6 +11,7 @@ import { listImageFiles, loadEntry, resolveImage, type CatalogEntry } from '../i
 import { exportImages, imageCacheKey, importImages, removeImages, verifyCachedImages } from '../images/archive.ts';
 import { describeRelease } from '../images/traits.ts';
 import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
+import { budget } from './budget.ts';
 import { detectLimits } from '../budget/limits.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
 import { sshCommand } from '../guest/keep.ts';
@@ -39,6 +40,9 @@ Commands:
   image verify [NAME...]      check cached images against the digests recorded at build/import
   image rm NAME...            remove every cached build of the named images
   ps                          list the guests running on this host, and the CPU/memory budget
+  budget [--cpus N] [--memory MIB] [--json]
+                              the budget now (leases with their measured memory, waiting requests)
+                              and how many guests of that size this host carries, with the arithmetic
   ssh GUEST [-- COMMAND...]   open a shell (or run COMMAND) in a running guest, e.g. a kept one
   stop GUEST                  stop a running guest (QMP quit, then SIGKILL) and remove its directory
   gc [--kept]                 remove what dead sessions left: QEMU processes, instance dirs, leases;
@@ -47,7 +51,8 @@ GUEST is an instance id (see ps) or a guest name that only one running guest has
   help                        this text
 
 Environment: GUESTLAB_CACHE_DIR (image cache), GUESTLAB_INSTANCES_DIR, GUESTLAB_IMAGES_PATH,
-GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_KEEP=on-failure,
+GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_BUDGET_CPU_OVERCOMMIT,
+GUESTLAB_HOST_RESERVE_MIB, GUESTLAB_BUDGET_DIR, GUESTLAB_KEEP=on-failure,
 GUESTLAB_TIMEOUT_SCALE, GUESTLAB_REQUIRE_KVM=1, GUESTLAB_EVIDENCE_DIR, GUESTLAB_DEBUG=1 (verbose log),
 GUESTLAB_OFFLINE=1 (never download), GUESTLAB_OVMF_CODE and GUESTLAB_OVMF_VARS (UEFI firmware files).`;
 
@@ -61,6 +66,8 @@ export async function main(argv: string[]): Promise<number> {
         return await image(rest);
       case 'ps':
         return await ps();
+      case 'budget':
+        return await budget(rest);
       case 'gc':
         return await gc(rest);
       case 'ssh':

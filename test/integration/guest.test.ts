@@ -1,15 +1,27 @@
-// One real debian-12 guest for this file (scope 'file'), checked from the outside.
+// One real debian-12 guest for this file (scope 'file'), checked from the outside. It asks for the
+// whole of a 2-CPU budget, as a new user's fixture does on a 2-core host: the last test starts
+// one more guest beside it from the same file.
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { GuestCommandError, type StartedGuest } from 'guestlab';
 import { guestFixture } from 'guestlab/vitest';
-import { describe, expect, test as base } from 'vitest';
+import { afterAll, describe, expect, test as base } from 'vitest';
+import { startGuest } from 'guestlab';
 import { generateEd25519, publicKeyBlob } from '../../src/ssh/keys.ts';
 import { SshSession } from '../../src/ssh/session.ts';
+
+// This process's own budget (other processes keep theirs): two CPUs, on any host.
+const savedBudgetCpus = process.env.GUESTLAB_BUDGET_CPUS;
+process.env.GUESTLAB_BUDGET_CPUS = '2';
+afterAll(() => {
+  if (savedBudgetCpus === undefined) delete process.env.GUESTLAB_BUDGET_CPUS;
+  else process.env.GUESTLAB_BUDGET_CPUS = savedBudgetCpus;
+});
 
 const test = base.extend<{ vm: StartedGuest }>({
   vm: guestFixture({
     image: 'debian-12',
+    cpus: 2,
     cloudConfig: {
       write_files: [{ path: '/etc/guestlab-test.conf', content: 'answer = 42\n', permissions: '0640', owner: 'root:root' }],
     },
@@ -116,5 +128,14 @@ describe('a booted debian-12 guest', () => {
     const log = await vm.consoleLog();
     expect(log).toContain('Linux version');
     expect(log).toMatch(/cloud-init/);
+  });
+
+  // The fixture holds the whole 2-CPU budget; this process holds every lease there is, so its
+  // next guest may overcommit CPUs (never memory) instead of waiting for itself until the timeout.
+  test('one more guest starts beside a fixture that holds the whole budget', async ({ vm }) => {
+    expect(vm.cpus).toBe(2);
+    await using extra = await startGuest({ image: 'debian-12', cpus: 1, name: 'extra' });
+    expect(await extra.succeed(['nproc'])).toBe('1\n');
+    expect(await vm.succeed(['nproc'])).toBe('2\n');
   });
 });

@@ -274,3 +274,14 @@ describe('a private budget directory and lock', () => {
     }
   });
 });
+
+describe('guestlab budget: how many guests fit', () => {
+  test('the smaller of what the CPUs and the memory carry, now and in total, with the arithmetic', async () => {
+    const { capacity } = await import('../../src/budget/capacity.ts');
+    const fit = capacity({ cpus: 8, usedCpus: 3, memoryFreeMiB: 4000, wholeMemoryMiB: 20_000, cpuSource: 'os', memorySource: 'MemAvailable' }, { cpus: 2, memoryMiB: 1024 });
+    expect(fit).toMatchObject({ total: 4, now: 2, perGuest: { cpus: 2, memoryMiB: 1024 + QEMU_OVERHEAD_MIB } });
+    expect(fit.lines.join('\n')).toContain('8 / 2 = 4 in total, (8 - 3) / 2 = 2 now');
+    expect(fit.lines.join('\n')).toContain(`20000 / ${1024 + QEMU_OVERHEAD_MIB} = 14 in total, 4000 / ${1024 + QEMU_OVERHEAD_MIB} = 2 now`);
+    expect(capacity({ cpus: 2, usedCpus: 2, memoryFreeMiB: 0, wholeMemoryMiB: 100, cpuSource: '', memorySource: '' }, { cpus: 1, memoryMiB: 512 })).toMatchObject({ total: 0, now: 0 });
+  });
+});
