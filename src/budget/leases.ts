@@ -9,9 +9,9 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { guestlabPaths } from '../config.ts';
 import { AbortedError, BudgetDeadlockError, BudgetExceededError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
@@ -42,13 +42,14 @@ export interface Lease {
 }
 
 /**
- * The budget's directory: GUESTLAB_BUDGET_DIR, else `budget/` in $XDG_RUNTIME_DIR/guestlab (a
- * per-user tmpfs) or in the cache directory. Never a shared path in /tmp.
+ * The budget's directory: GUESTLAB_BUDGET_DIR, else `guestlab/budget` in $XDG_RUNTIME_DIR (a
+ * per-user tmpfs) or in the user's cache directory. Not below GUESTLAB_CACHE_DIR: processes with
+ * image caches of their own still share one host. Never a shared path in /tmp.
  */
 export function budgetDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.GUESTLAB_BUDGET_DIR) return path.resolve(env.GUESTLAB_BUDGET_DIR);
-  if (env.XDG_RUNTIME_DIR) return path.join(env.XDG_RUNTIME_DIR, 'guestlab', 'budget');
-  return path.join(guestlabPaths(env).cacheDir, 'budget');
+  const base = env.XDG_RUNTIME_DIR || env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
+  return path.join(base, 'guestlab', 'budget');
 }
 
 const LEASES = 'leases';

@@ -221,9 +221,11 @@ describe('a private budget directory and lock', () => {
     process.env = { ...saved };
   });
 
-  test('the default is the user\'s runtime or cache directory, never a shared path in /tmp', () => {
+  test('the default is the user\'s runtime or cache directory, whatever the image cache, never a shared path in /tmp', () => {
     expect(budgetDir({ XDG_RUNTIME_DIR: '/run/user/1000' })).toBe('/run/user/1000/guestlab/budget');
-    expect(budgetDir({ GUESTLAB_CACHE_DIR: '/home/u/.cache/guestlab' })).toBe('/home/u/.cache/guestlab/budget');
+    expect(budgetDir({ XDG_CACHE_HOME: '/home/u/.cache' })).toBe('/home/u/.cache/guestlab/budget');
+    // Processes with image caches of their own (GUESTLAB_CACHE_DIR) still share the host's budget.
+    expect(budgetDir({ XDG_CACHE_HOME: '/home/u/.cache', GUESTLAB_CACHE_DIR: '/tmp/ci-cache' })).toBe('/home/u/.cache/guestlab/budget');
     expect(budgetDir({ GUESTLAB_BUDGET_DIR: 'rel/b' })).toBe(path.resolve('rel/b'));
   });
 
