@@ -72,8 +72,8 @@ async function prepareDir(dir: string): Promise<void> {
 }
 
 /** Runs `fn` under the budget's lock. */
-export async function withBudgetLock<T>(fn: (dir: string) => Promise<T>, options: { signal?: AbortSignal | undefined } = {}): Promise<T> {
-  const dir = budgetDir();
+export async function withBudgetLock<T>(fn: (dir: string) => Promise<T>, options: { signal?: AbortSignal | undefined; dir?: string } = {}): Promise<T> {
+  const dir = options.dir ?? budgetDir();
   await prepareDir(dir);
   return withFileLock(path.join(dir, LOCK), { signal: options.signal }, () => fn(dir));
 }
@@ -169,7 +169,7 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
   const id = `${Date.now().toString().padStart(15, '0')}-${process.pid}-${randomBytes(4).toString('hex')}`;
   const request: LeaseRecord = { id, owner, guest: options.guest, cpus: options.cpus, memoryMiB: options.memoryMiB + QEMU_OVERHEAD_MIB, createdAt: Date.now() };
   const asked: Request = { id, guest: request.guest, cpus: request.cpus, memoryMiB: request.memoryMiB, process: processKey(owner) };
-  let dir = budgetDir();
+  const dir = budgetDir();
   const ticket = () => path.join(dir, QUEUE, `${id}.json`);
   const leaseFile = () => path.join(dir, LEASES, `${id}.json`);
   const started = Date.now();
@@ -180,8 +180,7 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
   try {
     for (;;) {
       if (options.signal?.aborted) throw new AbortedError(`Waiting for the CPU/memory budget for ${options.guest}`, { cause: options.signal.reason });
-      const outcome = await withBudgetLock(async (lockedDir) => {
-        dir = lockedDir;
+      const outcome = await withBudgetLock(async () => {
         if (!(await fs.stat(ticket()).catch(() => undefined))) {
           options.log.warn(`the budget's queue entry of ${options.guest} was gone; it is written again`);
           await writeFileAtomic(ticket(), JSON.stringify(request));
@@ -208,7 +207,7 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
           return { decision };
         }
         return { decision, now };
-      }, { signal: options.signal });
+      }, { signal: options.signal, dir });
       const { decision } = outcome;
       if (decision.admit) break;
       const now = outcome.now!;
@@ -268,11 +267,27 @@ export async function budgetState(): Promise<{ leases: LeaseRecord[]; queue: Lea
   return withBudgetLock(async (dir) => ({ leases: (await reclaimDead(path.join(dir, LEASES))).live, queue: (await reclaimDead(path.join(dir, QUEUE))).live }));
 }
 
-/** Remove records of dead holders, under the lock; returns what was removed. */
+/** Remove records of dead holders and the temp files of dead writers, under the lock; returns the records removed. */
 export async function sweepLeases(): Promise<LeaseRecord[]> {
   return withBudgetLock(async (dir) => {
     const removed: LeaseRecord[] = [];
-    for (const sub of [LEASES, QUEUE]) removed.push(...(await reclaimDead(path.join(dir, sub))).dead);
+    for (const sub of [LEASES, QUEUE]) {
+      removed.push(...(await reclaimDead(path.join(dir, sub))).dead);
+      for (const entry of await fs.readdir(path.join(dir, sub)).catch(() => [] as string[])) {
+        // writeFileAtomic's temp files: NAME.PID.RANDOM.tmp
+        const pid = Number(/\.(\d+)\.[a-z0-9]+\.tmp$/.exec(entry)?.[1]);
+        if (pid && !processExists(pid)) await fs.rm(path.join(dir, sub, entry), { force: true });
+      }
+    }
     return removed;
   });
+}
+
+function processExists(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }

@@ -129,6 +129,13 @@ describe('the budget on disk', () => {
     const lease = await acquireLease({ guest: 'a', cpus: 1, memoryMiB: 512, log });
     await lease.release();
     expect(await fs.readFile(torn, 'utf8')).toBe('{"id":"000000000000001-1-to');
+    // A temp file of a writer that died is swept; one of a live writer is not.
+    const deadTemp = path.join(budgetDir(), 'queue', `x.json.${2 ** 22 + 7}.abc.tmp`);
+    const liveTemp = path.join(budgetDir(), 'queue', `y.json.${process.pid}.abc.tmp`);
+    await fs.writeFile(deadTemp, '{');
+    await fs.writeFile(liveTemp, '{');
+    await sweepLeases();
+    expect((await fs.readdir(path.join(budgetDir(), 'queue'))).sort()).toEqual([path.basename(torn), path.basename(liveTemp)].sort());
   });
 
   test('a request whose queue entry was removed writes it again and is admitted', async () => {
