@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortedError, BudgetDeadlockError, BudgetExceededError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
-import { withFileLock } from '../util/file-lock.ts';
+import { withFileLock } from './lock.ts';
 import { ensureOwnedPrivateDir, writeFileAtomic } from '../util/owned-dir.ts';
 import { detectCpus, memoryNow, QEMU_OVERHEAD_MIB, residentMiB } from './limits.ts';
 import { decide, DEADLOCK_AFTER_MS, memoryFreeMiB, usedOf, type Held, type Request } from './policy.ts';

@@ -12,7 +12,7 @@ import { acquireLease, budgetDir, budgetSnapshot, budgetState, sweepLeases, with
 import { detectLimits, memoryNow, QEMU_OVERHEAD_MIB, residentMiB } from '../../src/budget/limits.ts';
 import { decide, MAX_BYPASSES, memoryFreeMiB, type BudgetView, type Held, type Request } from '../../src/budget/policy.ts';
 import { createLogger } from '../../src/log.ts';
-import { withFileLock } from '../../src/util/file-lock.ts';
+import { withFileLock } from '../../src/budget/lock.ts';
 import { ensureOwnedPrivateDir } from '../../src/util/owned-dir.ts';
 
 const req = (id: string, process: string, cpus = 1, memoryMiB = 100): Request => ({ id, guest: id, process, cpus, memoryMiB });
@@ -269,7 +269,7 @@ describe('a private budget directory and lock', () => {
       })));
       expect(most).toBe(1);
       const child = spawn(process.execPath, ['--input-type=module', '-e', `
-        const { withFileLock } = await import(${JSON.stringify(path.resolve('src/util/file-lock.ts'))});
+        const { withFileLock } = await import(${JSON.stringify(path.resolve('src/budget/lock.ts'))});
         setInterval(() => {}, 1000);
         await withFileLock(${JSON.stringify(file)}, {}, async () => { process.stdout.write('held\\n'); await new Promise(() => {}); });
       `], { stdio: ['ignore', 'pipe', 'inherit'] });
