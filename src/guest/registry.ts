@@ -42,8 +42,15 @@ function reapAllSync(): void {
     } catch {
       // already gone
     }
+    // QEMU, just sent SIGKILL, can still add a file while the directory is removed (ENOTEMPTY):
+    // retry, and release the lease whatever happens to the directory. A half-removed directory
+    // has lost its owner record, and the sweep would leave it alone for a minute.
     try {
-      rmSync(guest.dir, { recursive: true, force: true });
+      rmSync(guest.dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 20 });
+    } catch {
+      // best effort at exit
+    }
+    try {
       if (guest.leaseId) releaseLeaseSync(guest.leaseId);
     } catch {
       // best effort at exit
