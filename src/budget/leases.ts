@@ -112,11 +112,6 @@ async function reclaimDead(dir: string, log?: Logger): Promise<{ live: LeaseReco
 
 const processKey = (owner: ProcessIdentity) => `${owner.pid}:${owner.start}`;
 
-/** CPUs and memory held by `records`. */
-export function usageOf(records: LeaseRecord[]): { cpus: number; memoryMiB: number } {
-  return usedOf(records);
-}
-
 /** Leases with the memory their QEMU really uses now. */
 async function measured(leases: LeaseRecord[]): Promise<Held[]> {
   return Promise.all(leases.map(async (l) => ({

@@ -4,7 +4,7 @@
 // The rules, in order:
 // 1. First come, first served: the oldest waiting request is admitted once it fits.
 // 2. Hold and wait: a request from a process that already holds a lease may go ahead of older
-//    requests when it fits. Its own leases block the others until it gets what it waits for, so
+//    requests of other processes when it fits (its own requests keep their order). Its own leases block the others until it gets what it waits for, so
 //    making it wait behind them is a deadlock (process A holds and waits behind B, B waits for A's
 //    lease). The oldest request can be passed this way at most MAX_BYPASSES times; after that it
 //    is served first, and a hold-and-wait cycle that is left is reported (rule 4).
@@ -13,7 +13,12 @@
 //    overcommit CPUs up to `cpuOvercommit` times the budget; memory is never overcommitted.
 // 4. A request from a holding process that still cannot be admitted, while every other holder is
 //    itself waiting, is a deadlock: the caller fails it after DEADLOCK_AFTER_MS with the holders named.
-import type { Usage } from './arithmetic.ts';
+
+/** CPUs and memory, of a request, a lease or a sum of them. */
+export interface Usage {
+  cpus: number;
+  memoryMiB: number;
+}
 
 export interface Holder {
   /** "pid:start" of the process that holds or asks. */
@@ -60,7 +65,9 @@ export function decide(request: Request, view: BudgetView): Decision {
   const holds = view.leases.some((l) => l.process === request.process);
   const fitsNow = memoryFits && usedCpus + request.cpus <= view.cpus;
   if (ahead === 0 && fitsNow) return { admit: true, rule: 'fifo', bypass: false };
-  const mayPass = ahead === 0 || view.bypasses < MAX_BYPASSES;
+  // Passing is for other processes' requests: a process's own requests keep their order.
+  const passesOwn = view.queue.slice(0, ahead).some((r) => r.process === request.process);
+  const mayPass = ahead === 0 || (!passesOwn && view.bypasses < MAX_BYPASSES);
   if (holds && fitsNow && mayPass) return { admit: true, rule: 'hold-and-wait', bypass: ahead > 0 };
   const onlyOwn = view.leases.length > 0 && view.leases.every((l) => l.process === request.process);
   if (onlyOwn && mayPass && memoryFits && usedCpus + request.cpus <= view.cpus * view.cpuOvercommit) {

@@ -10,7 +10,8 @@ import { ensureDownloadedImage, ensureImageFromRecipe, entryHash, imageDirName, 
 import { listImageFiles, loadEntry, resolveImage, type CatalogEntry } from '../images/catalog.ts';
 import { exportImages, imageCacheKey, importImages, removeImages, verifyCachedImages } from '../images/archive.ts';
 import { describeRelease } from '../images/traits.ts';
-import { budgetDir, budgetState, usageOf } from '../budget/leases.ts';
+import { budgetDir, budgetState } from '../budget/leases.ts';
+import { usedOf } from '../budget/policy.ts';
 import { budget } from './budget.ts';
 import { detectLimits } from '../budget/limits.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
@@ -239,7 +240,7 @@ async function ps(): Promise<number> {
   }
   printTable(rows);
   const [state, limits] = await Promise.all([budgetState(), detectLimits()]);
-  const used = usageOf(state.leases);
+  const used = usedOf(state.leases);
   console.log(
     `\nbudget (${budgetDir()}): ${state.leases.length} lease(s) hold ${used.cpus} CPU and ${used.memoryMiB} MiB; ` +
       `${state.queue.length} waiting; limits now ${limits.cpus} CPU (${limits.source.cpus}), ${limits.memoryMiB} MiB (${limits.source.memory})`,

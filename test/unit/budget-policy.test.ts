@@ -35,6 +35,14 @@ describe('admission rules', () => {
     expect(decide(more, v)).toMatchObject({ admit: true, rule: 'hold-and-wait', bypass: true });
   });
 
+  test('a process\'s own requests keep their order: it passes only other processes\' requests', () => {
+    const c = req('1', 'A');
+    const d = req('2', 'A');
+    const v = view({ queue: [c, d], leases: [held('0', 'A')] });
+    expect(decide(d, v)).toMatchObject({ admit: false, reason: 'queued' });
+    expect(decide(c, v)).toMatchObject({ admit: true, rule: 'fifo' });
+  });
+
   test(`the oldest request is passed at most ${MAX_BYPASSES} times, then served first`, () => {
     const large = req('1', 'B', 2);
     const more = req('2', 'A');
@@ -145,7 +153,9 @@ describe('the budget on disk', () => {
     await new Promise((r) => setTimeout(r, 100));
     const queueDir = path.join(budgetDir(), 'queue');
     for (const entry of await fs.readdir(queueDir)) await fs.rm(path.join(queueDir, entry));
-    await new Promise((r) => setTimeout(r, 100));
+    expect((await fs.readdir(queueDir)).filter((e) => e.endsWith('.json'))).toEqual([]);
+    // Written again at the request's next look (every 20 ms; a loaded host may take longer).
+    for (let i = 0; i < 250 && (await budgetState()).queue.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
     expect((await budgetState()).queue.map((q) => q.guest)).toEqual(['waiting']);
     await blocker.release();
     const lease = await waiting;

@@ -4,20 +4,13 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, onTestFinished, test } from 'vitest';
-import { fits } from '../../src/budget/arithmetic.ts';
 import { acquireLease, budgetState, sweepLeases } from '../../src/budget/leases.ts';
 import { parseCgroupPath, parseCpuMax, parseMemoryMax, QEMU_OVERHEAD_MIB } from '../../src/budget/limits.ts';
 import { createLogger } from '../../src/log.ts';
 import { currentIdentity, isAlive, parseStatStartTime, processStartTime } from '../../src/reaper/identity.ts';
 
-describe('budget arithmetic and limits', () => {
-  test('fits checks both CPUs and memory', () => {
-    const limits = { cpus: 2, memoryMiB: 4096 };
-    expect(fits({ cpus: 1, memoryMiB: 1024 }, { cpus: 1, memoryMiB: 1024 }, limits)).toBe(true);
-    expect(fits({ cpus: 1, memoryMiB: 1024 }, { cpus: 2, memoryMiB: 0 }, limits)).toBe(false);
-    expect(fits({ cpus: 1, memoryMiB: 3073 }, { cpus: 0, memoryMiB: 1024 }, limits)).toBe(false);
-  });
-
+// Whether a request fits (CPUs and memory) is the admission policy's: test/unit/budget-policy.test.ts.
+describe('budget limits', () => {
   test('cgroup v2 files', () => {
     expect(parseCpuMax('max 100000\n')).toBeUndefined();
     expect(parseCpuMax('200000 100000\n')).toBe(2);
