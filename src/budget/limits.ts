@@ -40,38 +40,35 @@ export function parseCgroupPath(text: string): string | undefined {
   return line ? line.slice(3).trim() : undefined;
 }
 
-async function readCgroupFile(name: string): Promise<string | undefined> {
-  const self = parseCgroupPath(await fs.readFile('/proc/self/cgroup', 'utf8').catch(() => ''));
-  if (self === undefined) return undefined;
-  // A limit may sit on any ancestor; the tightest one wins.
-  let dir = self;
-  let tightest: string | undefined;
-  for (;;) {
-    const text = await fs.readFile(`/sys/fs/cgroup${dir === '/' ? '' : dir}/${name}`, 'utf8').catch(() => undefined);
-    if (text !== undefined) {
-      const parse = name === 'cpu.max' ? parseCpuMax : parseMemoryMax;
-      const value = parse(text);
-      const current = tightest === undefined ? undefined : parse(tightest);
-      if (value !== undefined && (current === undefined || value < current)) tightest = text;
-    }
-    if (dir === '/' || dir === '') break;
-    dir = dir.slice(0, dir.lastIndexOf('/')) || '/';
+/** This process's cgroup directory and its ancestors up to the root: a limit may sit on any of them. */
+async function cgroupDirs(): Promise<string[]> {
+  let dir = parseCgroupPath(await fs.readFile('/proc/self/cgroup', 'utf8').catch(() => ''));
+  const dirs: string[] = [];
+  while (dir !== undefined) {
+    dirs.push(`/sys/fs/cgroup${dir === '/' ? '' : dir}`);
+    dir = dir === '/' || dir === '' ? undefined : dir.slice(0, dir.lastIndexOf('/')) || '/';
+  }
+  return dirs;
+}
+
+/** The tightest cpu.max of the cgroup and its ancestors, in whole CPUs. */
+async function cgroupCpuQuota(): Promise<number | undefined> {
+  let tightest: number | undefined;
+  for (const dir of await cgroupDirs()) {
+    const cpus = parseCpuMax(await fs.readFile(`${dir}/cpu.max`, 'utf8').catch(() => ''));
+    if (cpus !== undefined && (tightest === undefined || cpus < tightest)) tightest = cpus;
   }
   return tightest;
 }
 
 /** The least room (memory.max - memory.current) of this process's cgroup and its ancestors. */
 async function cgroupMemoryRoomMiB(): Promise<number> {
-  let dir = parseCgroupPath(await fs.readFile('/proc/self/cgroup', 'utf8').catch(() => ''));
   let room = Infinity;
-  while (dir !== undefined) {
-    const base = `/sys/fs/cgroup${dir === '/' ? '' : dir}`;
-    const max = parseMemoryMax(await fs.readFile(`${base}/memory.max`, 'utf8').catch(() => ''));
-    if (max !== undefined) {
-      const current = parseMemoryMax(await fs.readFile(`${base}/memory.current`, 'utf8').catch(() => '')) ?? 0;
-      room = Math.min(room, Math.max(0, max - current));
-    }
-    dir = dir === '/' || dir === '' ? undefined : dir.slice(0, dir.lastIndexOf('/')) || '/';
+  for (const dir of await cgroupDirs()) {
+    const max = parseMemoryMax(await fs.readFile(`${dir}/memory.max`, 'utf8').catch(() => ''));
+    if (max === undefined) continue;
+    const current = parseMemoryMax(await fs.readFile(`${dir}/memory.current`, 'utf8').catch(() => '')) ?? 0;
+    room = Math.min(room, Math.max(0, max - current));
   }
   return room;
 }
@@ -106,7 +103,7 @@ export async function detectLimits(env: NodeJS.ProcessEnv = process.env): Promis
 export async function detectCpus(env: NodeJS.ProcessEnv = process.env): Promise<{ cpus: number; source: string }> {
   const override = envNumber(env, 'GUESTLAB_BUDGET_CPUS');
   if (override !== undefined) return { cpus: override, source: 'GUESTLAB_BUDGET_CPUS' };
-  const quota = parseCpuMax((await readCgroupFile('cpu.max')) ?? '');
+  const quota = await cgroupCpuQuota();
   const cores = os.availableParallelism();
   return { cpus: Math.min(cores, quota ?? Infinity), source: quota !== undefined && quota < cores ? 'cgroup cpu.max' : 'os.availableParallelism()' };
 }
