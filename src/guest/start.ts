@@ -6,7 +6,7 @@ import { acquireLease } from '../budget/leases.ts';
 import { AbortedError, BootTimeoutError, CloudInitError, GuestDeadEndError, GuestlabError, HostRequirementError, QemuError, SshError, tailLines } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { writeSeedIso } from '../cloud-init/seed.ts';
-import { createOverlay } from '../disk/overlay.ts';
+import { createOverlay, createVarStore } from '../disk/qemu-img.ts';
 import { findOvmf } from '../host/firmware.ts';
 import { DEBIAN_PACKAGES, freeDiskBytes, probeHost, requireTool } from '../host/probe.ts';
 import { ensureImage } from '../images/builder.ts';
@@ -21,7 +21,6 @@ import { SshSession } from '../ssh/session.ts';
 import { currentIdentity } from '../reaper/identity.ts';
 import { qemuTag, sweepOnce } from '../reaper/sweep.ts';
 import { writePrivateFile } from '../util/fs.ts';
-import { run } from '../util/run.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
 import { ConsoleWatch, withoutReport } from './dead-end.ts';
 import { createInstanceDir, type InstanceDir } from './instance.ts';
@@ -183,12 +182,6 @@ export async function freshBootPlan(spec: ResolvedSpec, options: StartOptions = 
   };
 }
 
-/** A guest's own UEFI variable store: OVMF's template as qcow2 (savevm snapshots only formats that can hold them). */
-async function createVarStore(template: string, target: string, signal: AbortSignal | undefined): Promise<void> {
-  const qemuImg = requireTool((await probeHost()).qemuImg, DEBIAN_PACKAGES.qemuImg, 'to create UEFI variable stores');
-  await run(qemuImg, ['convert', '-q', '-f', 'raw', '-O', 'qcow2', template, target], { signal });
-  await fs.chmod(target, 0o600);
-}
 
 /** The StartedGuest for a launched QEMU. */
 export function guestFromLaunch(launched: LaunchedGuest): StartedGuest {

@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortedError, GuestlabError, QemuError } from '../errors.ts';
-import { createOverlay } from '../disk/overlay.ts';
+import { createOverlay } from '../disk/qemu-img.ts';
 import { ensureImage } from '../images/builder.ts';
 import type { QmpClient } from '../qemu/qmp.ts';
 import { quoteArg } from '../util/shell-quote.ts';

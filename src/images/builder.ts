@@ -19,6 +19,7 @@ import { downloadHash, resolveImage, type CatalogEntry, type DownloadEntry, type
 import { digestFiles, ensureVerified, writeStamp, type FileDigests } from './digest.ts';
 import { formatDigest, formatProgress, pullFile, type DownloadProgress } from './download.ts';
 import { recipeHash, type ImageRecipe } from './recipe.ts';
+import { convertDisk, diskInfo } from '../disk/qemu-img.ts';
 
 /** Files of a built image directory. */
 export const IMAGE_FILES = {
@@ -244,7 +245,6 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
   const host = await probeHost();
   const mmdebstrap = requireTool(host.mmdebstrap, DEBIAN_PACKAGES.mmdebstrap, 'to build images from Debian packages');
   const mkfs = requireTool(host.mkfsExt4, DEBIAN_PACKAGES.mkfsExt4, 'to build images');
-  const qemuImg = requireTool(host.qemuImg, DEBIAN_PACKAGES.qemuImg, 'to build images');
   if (!host.isRoot) {
     throw new HostRequirementError(
       `Building image ${recipe.name} needs root (mmdebstrap installs packages as root and mkfs.ext4 keeps their ownership). ` +
@@ -322,7 +322,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
       await fs.rm(path.join(work, IMAGE_FILES.initrd));
     }
     step(steps, 'converting to qcow2');
-    await run(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', diskRaw, path.join(work, IMAGE_FILES.disk)], { signal });
+    await convertDisk({ file: diskRaw, format: 'raw' }, { file: path.join(work, IMAGE_FILES.disk), format: 'qcow2' }, signal);
     await fs.rm(diskRaw);
 
     const disk = path.join(work, IMAGE_FILES.disk);
@@ -493,12 +493,6 @@ async function importInto(entry: DownloadEntry, finalDir: string, log: Logger, s
   }
 }
 
-interface QemuImgInfo {
-  format?: string;
-  'virtual-size'?: number;
-  'backing-filename'?: string;
-  'format-specific'?: { data?: { 'data-file'?: string } };
-}
 
 /**
  * Checks a downloaded disk and puts it in the image directory as qcow2: a qcow2 is hard-linked (or
@@ -506,19 +500,17 @@ interface QemuImgInfo {
  * refused: opened as a guest's base, it would hand the guest a host file of the image's choosing.
  */
 async function importDisk(entry: DownloadEntry, downloaded: string, disk: string, signal: AbortSignal | undefined): Promise<void> {
-  const host = await probeHost();
-  const qemuImg = requireTool(host.qemuImg, DEBIAN_PACKAGES.qemuImg, 'to import downloaded images');
   // Probing the format is safe here: qemu-img only reads the header, and the result is checked.
-  const info = JSON.parse(await run(qemuImg, ['info', '--output=json', downloaded], { signal })) as QemuImgInfo;
+  const info = await diskInfo(downloaded, signal);
   const where = `image ${entry.name} (${entry.source})`;
   if (info.format !== entry.format) {
     throw new ImageBuildError(`The download of ${where} is a ${info.format ?? 'unknown'} disk, but its entry says format: ${entry.format}. Set format: ${info.format === 'qcow2' || info.format === 'raw' ? info.format : 'to what the file is'} (or convert it with qemu-img convert -O qcow2).`);
   }
   if (entry.format === 'raw') {
-    await run(qemuImg, ['convert', '-f', 'raw', '-O', 'qcow2', downloaded, disk], { signal });
+    await convertDisk({ file: downloaded, format: 'raw' }, { file: disk, format: 'qcow2' }, signal);
     return;
   }
-  const external = info['backing-filename'] ?? info['format-specific']?.data?.['data-file'];
+  const external = info.externalFile;
   if (external !== undefined) {
     throw new ImageBuildError(`The download of ${where} is a qcow2 that refers to another file (${external}); guestlab refuses it, since the guest would read that host file. Flatten it with qemu-img convert -O qcow2 and point the entry at the result.`);
   }

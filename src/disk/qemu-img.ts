@@ -1,0 +1,50 @@
+// Disk files, through qemu-img: the only place that runs it. Overlays for guests, conversions for
+// image builds and imports, UEFI variable stores, and the header facts of an untrusted disk.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
+import { run } from '../util/run.ts';
+
+export type DiskFormat = 'qcow2' | 'raw';
+
+async function qemuImg(args: string[], why: string, signal: AbortSignal | undefined): Promise<string> {
+  const tool = requireTool((await probeHost()).qemuImg, DEBIAN_PACKAGES.qemuImg, why);
+  return run(tool, args, { signal });
+}
+
+/** A copy-on-write qcow2 overlay on a read-only qcow2 base. */
+export async function createOverlay(base: string, overlay: string, signal?: AbortSignal): Promise<void> {
+  // -F names the backing format explicitly: QEMU refuses to probe it, and probing a raw
+  // backing file would be a security hole.
+  await qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', path.resolve(base), overlay], 'to create guest disks', signal);
+}
+
+/** Converts a disk between formats (the source format is named, never probed). */
+export async function convertDisk(from: { file: string; format: DiskFormat }, to: { file: string; format: DiskFormat }, signal?: AbortSignal): Promise<void> {
+  await qemuImg(['convert', '-q', '-f', from.format, '-O', to.format, from.file, to.file], 'to convert disk images', signal);
+}
+
+/** A guest's own UEFI variable store: OVMF's template as qcow2 (savevm snapshots only formats that can hold them), 0600. */
+export async function createVarStore(template: string, target: string, signal?: AbortSignal): Promise<void> {
+  await convertDisk({ file: template, format: 'raw' }, { file: target, format: 'qcow2' }, signal);
+  await fs.chmod(target, 0o600);
+}
+
+/** What qemu-img reads from a disk's header. */
+export interface DiskInfo {
+  format: string | undefined;
+  virtualSize: number | undefined;
+  /** A file the disk refers to (backing file or external data file): never trust such a disk as a base. */
+  externalFile: string | undefined;
+}
+
+/** The header facts of a disk whose format is not yet known (probing only reads the header). */
+export async function diskInfo(file: string, signal?: AbortSignal): Promise<DiskInfo> {
+  const info = JSON.parse(await qemuImg(['info', '--output=json', file], 'to inspect disk images', signal)) as {
+    format?: string;
+    'virtual-size'?: number;
+    'backing-filename'?: string;
+    'format-specific'?: { data?: { 'data-file'?: string } };
+  };
+  return { format: info.format, virtualSize: info['virtual-size'], externalFile: info['backing-filename'] ?? info['format-specific']?.data?.['data-file'] };
+}
