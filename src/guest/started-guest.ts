@@ -2,6 +2,7 @@
 import fs from 'node:fs/promises';
 import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ExecResult } from '../exec-result.ts';
 import type { Lease } from '../budget/leases.ts';
 import { GuestCommandError, GuestlabError, GuestStoppedError, QemuError } from '../errors.ts';
 import type { Logger } from '../log.ts';
@@ -47,15 +48,6 @@ export interface ExecOptions {
   ownChannel?: boolean;
 }
 
-export interface ExecResult {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-  /** Signal name when the command was killed by one. */
-  signal?: string | undefined;
-  timedOut?: boolean;
-  durationMs?: number;
-}
 
 export interface SshInfo {
   host: string;
@@ -164,6 +156,8 @@ export function isStatelessBuiltin(argv: readonly string[], options: Pick<ExecOp
   if (options.sudo || options.timeoutMs !== undefined || options.env || options.cwd !== undefined) return false;
   return !(name === 'printf' && first?.startsWith('-'));
 }
+
+export type { ExecResult };
 
 export class StartedGuest implements AsyncDisposable {
   readonly name: string;

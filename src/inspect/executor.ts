@@ -1,13 +1,10 @@
 // What inspection needs from a guest: a name for messages and exec(). StartedGuest fits, and so
 // does a fake in unit tests. Commands go as argv; user input is never spliced into a script.
+import type { ExecOutput } from '../exec-result.ts';
 import { GuestCommandError, GuestlabError, tailLines } from '../errors.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 
-export interface ExecOutput {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-}
+export type { ExecOutput };
 
 export interface GuestExecutor {
   /** The guest's name, for messages. */

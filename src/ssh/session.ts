@@ -2,6 +2,7 @@
 // imports ssh2's Client. Commands run either on a long-lived command shell (a few of them, reused:
 // no per-command session setup in the guest's sshd) or on a channel of their own (stdin, streamed
 // stdout, or every command shell busy).
+import type { ExecResult } from '../exec-result.ts';
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import { finished } from 'node:stream/promises';
@@ -33,13 +34,8 @@ export interface RawExecOptions {
   stateless?: boolean | undefined;
 }
 
-export interface RawExecResult {
-  stdout: Buffer;
-  stderr: Buffer;
-  exitCode: number;
-  signal: string | undefined;
-  timedOut: boolean;
-}
+/** A result as it comes off the channel: output as bytes. */
+export type RawExecResult = ExecResult<Buffer>;
 
 /** OpenSSH's default MaxSessions is 10; stay below it and queue the rest. */
 const MAX_CHANNELS = 6;

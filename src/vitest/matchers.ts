@@ -1,6 +1,7 @@
 // Matchers that look inside a guest: `await expect(vm).toHaveActiveUnit('nginx')`, and
 // `expect(await vm.exec(argv)).toSucceed()`. Messages name the guest and say what was found.
 import { expect, type MatcherState, type SyncMatcherResult } from 'vitest';
+import type { ExecResult } from '../exec-result.ts';
 import { tailLines } from '../errors.ts';
 import { parseMode } from '../guest/files.ts';
 import type { GuestExecutor } from '../inspect/executor.ts';
@@ -192,16 +193,9 @@ function toSucceed(this: MatcherState, received: unknown): SyncMatcherResult | P
   return commandSucceeded(received);
 }
 
-interface CommandResult {
-  stdout: string;
-  stderr: string;
-  exitCode: number;
-  signal?: string | undefined;
-  timedOut?: boolean | undefined;
-}
 
 function commandSucceeded(received: unknown): SyncMatcherResult {
-  const run = received as Partial<CommandResult> | null;
+  const run = received as Partial<ExecResult> | null;
   if (typeof run !== 'object' || run === null || typeof run.exitCode !== 'number' || typeof run.stdout !== 'string' || typeof run.stderr !== 'string') {
     throw new TypeError(`toSucceed() expects the result of exec() ({ exitCode, stdout, stderr }) or a promise of one, got ${describeValue(received)}`);
   }
