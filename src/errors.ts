@@ -152,15 +152,17 @@ export class GuestCommandError extends GuestlabError {
     signal?: string | undefined;
     stdout: string;
     stderr: string;
-    timedOut?: boolean;
+    timedOut?: boolean | undefined;
     guest?: string;
+    /** What the caller wanted instead, when it was not success (fail(): "to fail"). */
+    expected?: string | undefined;
   }) {
     const how = fields.timedOut
       ? 'timed out'
       : fields.signal
         ? `was killed by ${fields.signal}`
         : `exited with code ${fields.exitCode}`;
-    const shortMessage = `Command ${how}${fields.guest ? ` in guest ${fields.guest}` : ''}: ${fields.command}`;
+    const shortMessage = `Command ${how}${fields.guest ? ` in guest ${fields.guest}` : ''}${fields.expected ? `, expected ${fields.expected}` : ''}: ${fields.command}`;
     const tail = tailLines(fields.stderr, 20);
     super(tail ? `${shortMessage}\n--- stderr (last lines) ---\n${tail}` : shortMessage, { code: 'ERR_GUEST_COMMAND' });
     this.shortMessage = shortMessage;

@@ -2,7 +2,7 @@
 // output and the journal's warnings. Each part is collected on its own, so a guest whose SSH is
 // gone still yields its console.
 import { tailLines } from '../errors.ts';
-import type { ExecOptions, ExecResult } from './started-guest.ts';
+import type { ExecOptions, ExecResult } from './types.ts';
 
 export interface GuestEvidence {
   guest: string;

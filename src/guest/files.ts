@@ -10,7 +10,7 @@ import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import { GuestCommandError } from '../errors.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 import { describeValue } from '../util/validate.ts';
-import type { ExecOptions, ExecResult } from './started-guest.ts';
+import type { ExecOptions, ExecResult } from './types.ts';
 
 export interface WriteFileOptions {
   /** Permission bits, as a number (0o640) or octal text ("0640"). Default 0644 for files, 0755 for directories. */

@@ -1,6 +1,6 @@
 // Keeping a guest up after a failed test (GUESTLAB_KEEP=on-failure), and the commands to get in.
 import { quoteArgv } from '../util/shell-quote.ts';
-import type { SshInfo } from './started-guest.ts';
+import type { SshInfo } from './types.ts';
 
 export type KeepMode = 'never' | 'on-failure';
 

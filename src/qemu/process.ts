@@ -18,6 +18,8 @@ export interface QemuProcess {
   /** Settles when QEMU has exited, whatever the reason. Never rejects. */
   readonly exited: Promise<QemuExit>;
   readonly hasExited: boolean;
+  /** How it exited, once it has. */
+  readonly exit: QemuExit | undefined;
   /** The last lines QEMU wrote to stdout/stderr. */
   outputTail(lines?: number): string;
   kill(signal?: NodeJS.Signals): void;
@@ -61,15 +63,15 @@ export async function launchQemu(argv: string[], log: Logger, options: LaunchOpt
       return '';
     }
   };
-  let hasExited = false;
+  let exit: QemuExit | undefined;
   const exited = new Promise<QemuExit>((resolve) => {
     child.once('exit', (code, signal) => {
-      hasExited = true;
-      resolve({ exitCode: code ?? undefined, signal: signal ?? undefined });
+      exit = { exitCode: code ?? undefined, signal: signal ?? undefined };
+      resolve(exit);
     });
     child.once('error', () => {
-      hasExited = true;
-      resolve({ exitCode: undefined, signal: undefined });
+      exit = { exitCode: undefined, signal: undefined };
+      resolve(exit);
     });
   });
   const pid = child.pid;
@@ -81,12 +83,15 @@ export async function launchQemu(argv: string[], log: Logger, options: LaunchOpt
     pid,
     exited,
     get hasExited() {
-      return hasExited;
+      return exit !== undefined;
+    },
+    get exit() {
+      return exit;
     },
     outputTail,
     keepable,
     kill: (signal = 'SIGKILL') => {
-      if (!hasExited) child.kill(signal);
+      if (!exit) child.kill(signal);
     },
     detach: () => {
       if (!keepable) throw new Error('Only a keepable QEMU can be detached');
@@ -97,4 +102,10 @@ export async function launchQemu(argv: string[], log: Logger, options: LaunchOpt
 
 export function describeExit(exit: QemuExit): string {
   return exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.exitCode}`;
+}
+
+/** The error for work that cannot go on because QEMU is gone, with QEMU's last output; undefined while it runs. */
+export function exitedError(qemu: QemuProcess, during: string): QemuError | undefined {
+  if (!qemu.exit) return undefined;
+  return new QemuError(`QEMU ${describeExit(qemu.exit)} ${during}:\n${qemu.outputTail()}`);
 }

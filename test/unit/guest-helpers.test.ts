@@ -3,7 +3,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { parseMode } from '../../src/guest/files.ts';
 import { keepInstructions, keepMode, sshCommand } from '../../src/guest/keep.ts';
 import { pollUntil, timeoutScale, WaitTimeoutError } from '../../src/guest/waits.ts';
-import { parseUsernetForwards } from '../../src/qemu/argv.ts';
+import { parseUsernetForwards } from '../../src/qemu/hmp.ts';
 
 const saved = { ...process.env };
 afterEach(() => {

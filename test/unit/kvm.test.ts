@@ -1,6 +1,6 @@
 import { describe, expect, test } from 'vitest';
 import { assessKvm, parseCpuFlags, parseKvmModules } from '../../src/host/kvm.ts';
-import { chooseAccel } from '../../src/guest/start.ts';
+import { chooseAccel } from '../../src/guest/accel.ts';
 
 const flags = (...f: string[]) => new Set(['fpu', 'sse2', ...f]);
 

@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest';
-import { buildQemuArgv, parseUsernetForward, type QemuConfig } from '../../src/qemu/argv.ts';
+import { buildQemuArgv, type QemuConfig } from '../../src/qemu/argv.ts';
+import { parseUsernetForward } from '../../src/qemu/hmp.ts';
 
 const base: QemuConfig = {
   name: 'web-1',

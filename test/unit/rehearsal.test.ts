@@ -1,8 +1,10 @@
 // Rehearsal pieces without a guest: the inventory parser, the diff, applying a change against a
 // recording fake, and QEMU's `info snapshots`.
 import { describe, expect, test } from 'vitest';
-import { applyChange, checkpointLabel, diffInventories, formatDiff, parseInventory, runChecks, type RehearsalGuest } from '../../src/guest/rehearsal.ts';
-import { parseSnapshots } from '../../src/qemu/argv.ts';
+import { applyChange, formatDiff, runChecks, type RehearsalGuest } from '../../src/guest/rehearsal.ts';
+import { checkpointLabel } from '../../src/guest/checkpoints.ts';
+import { diffInventories, parseInventory } from '../../src/guest/inventory.ts';
+import { parseSnapshots } from '../../src/qemu/hmp.ts';
 
 const SHA_A = 'a'.repeat(64);
 const SHA_B = 'b'.repeat(64);

@@ -2,7 +2,7 @@
 import { expect, test } from 'vitest';
 import { resolveSpec } from '../../src/guest/spec.ts';
 import { templateKey } from '../../src/guest/template.ts';
-import { isStatelessBuiltin } from '../../src/guest/started-guest.ts';
+import { isStatelessBuiltin } from '../../src/guest/commands.ts';
 import { guestFixture } from '../../src/vitest/index.ts';
 
 test('a template key changes with everything that changes the guest, not with the boot deadline', () => {

@@ -1,0 +1,103 @@
+// Commands in a guest: argv quoted into one command line (sudo, timeout, env, cwd around it), run on
+// the guest's SSH session, and the result decoded. StartedGuest's exec(), succeed() and fail() are
+// built on run().
+import { GuestCommandError } from '../errors.ts';
+import type { ExecResult } from '../exec-result.ts';
+import type { SshSession } from '../ssh/session.ts';
+import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
+import { describeValue, expectPositiveInteger } from '../util/validate.ts';
+import type { ExecOptions } from './types.ts';
+
+/** timeout(1) in the guest sends KILL this long after TERM. */
+const GUEST_KILL_AFTER_S = 2;
+/** The host gives up on a timed-out command this long after the guest should have killed it. */
+const HOST_BACKSTOP_MS = GUEST_KILL_AFTER_S * 1000 + 5_000;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** Builtins of every POSIX shell that change nothing in the shell running them. */
+const STATELESS_BUILTINS = new Set(['true', 'false', ':', 'test', '[', 'echo', 'printf', 'pwd']);
+
+/** argv, or a script for `sh -c`, as users pass it to succeed(), fail() and waitUntil(). */
+export type ArgvOrScript = string[] | string;
+
+export function toArgv(argvOrScript: ArgvOrScript): string[] {
+  return typeof argvOrScript === 'string' ? ['sh', '-c', argvOrScript] : argvOrScript;
+}
+
+/** How a command reads in messages: the script as written, or the argv quoted. */
+export function describeCommand(argvOrScript: ArgvOrScript): string {
+  return typeof argvOrScript === 'string' ? argvOrScript : quoteArgv(argvOrScript);
+}
+
+/**
+ * A command the command shell may run without a subshell: a stateless builtin with nothing around
+ * it (no sudo, timeout, env or cwd), and not `printf -v`, which assigns a variable in bash.
+ */
+export function isStatelessBuiltin(argv: readonly string[], options: Pick<ExecOptions, 'sudo' | 'timeoutMs' | 'env' | 'cwd'>): boolean {
+  const [name, first] = argv;
+  if (name === undefined || !STATELESS_BUILTINS.has(name)) return false;
+  if (options.sudo || options.timeoutMs !== undefined || options.env || options.cwd !== undefined) return false;
+  return !(name === 'printf' && first?.startsWith('-'));
+}
+
+/** The command line for argv with the options around it; every argument quoted. */
+export function commandLine(argv: string[], options: ExecOptions): string {
+  if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
+  const prefix: string[] = [];
+  if (options.sudo) prefix.push('sudo', '-n', '--');
+  if (options.timeoutMs !== undefined) {
+    // timeout(1) inside the guest kills the command's whole process group (TERM, then KILL 2 s
+    // later), whoever it runs as; the host only abandons the channel as a backstop.
+    const seconds = expectPositiveInteger('timeoutMs', options.timeoutMs) / 1000;
+    prefix.push('timeout', '-k', String(GUEST_KILL_AFTER_S), String(seconds));
+  }
+  if (options.env) {
+    const pairs = Object.entries(options.env).map(([key, value]) => {
+      if (!ENV_NAME.test(key)) throw new TypeError(`Invalid environment variable name in \`env\`: ${describeValue(key)}`);
+      return `${key}=${value}`;
+    });
+    prefix.push('env', ...pairs);
+  }
+  const command = quoteArgv([...prefix, ...argv]);
+  return options.cwd === undefined ? command : `cd ${quoteArg(options.cwd)} && ${command}`;
+}
+
+/** Runs argv on the session and decodes the result. */
+export async function runCommand(session: SshSession, argv: string[], options: ExecOptions): Promise<ExecResult> {
+  const command = commandLine(argv, options);
+  const started = performance.now();
+  const { timeoutMs } = options;
+  const raw = await session.run(command, {
+    ownChannel: options.ownChannel,
+    stdin: options.stdin,
+    stdout: options.stdout,
+    signal: options.signal,
+    stateless: isStatelessBuiltin(argv, options),
+    timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
+  });
+  const durationMs = performance.now() - started;
+  // timeout(1) exits 124 (or 137 when TERM was ignored); the duration tells it from a command
+  // that merely exits with the same code.
+  const killedInGuest = timeoutMs !== undefined && (raw.exitCode === 124 || raw.exitCode === 137) && durationMs >= timeoutMs * 0.9;
+  return {
+    stdout: raw.stdout.toString('utf8'),
+    stderr: raw.stderr.toString('utf8'),
+    exitCode: raw.exitCode,
+    signal: raw.signal,
+    timedOut: raw.timedOut || killedInGuest,
+    durationMs,
+  };
+}
+
+/** The error for a command that did not end the way succeed() or fail() expected. */
+export function unexpectedOutcome(guest: string, argvOrScript: ArgvOrScript, result: ExecResult, expected?: string): GuestCommandError {
+  return new GuestCommandError({
+    command: describeCommand(argvOrScript),
+    exitCode: result.exitCode,
+    signal: result.signal,
+    stdout: result.stdout,
+    stderr: result.stderr,
+    timedOut: result.timedOut,
+    guest,
+    expected,
+  });
+}

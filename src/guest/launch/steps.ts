@@ -1,0 +1,123 @@
+// A guest comes up as a list of named steps. Each step has a description and a debug hint that a
+// failure message shows, records what it creates in the launch's resources before it can leak, and
+// is timed. A failed launch gives back whatever the steps made (resources.ts).
+import { AbortedError, GuestlabError, SshError } from '../../errors.ts';
+import type { OvmfFiles } from '../../host/firmware.ts';
+import type { BuiltImage } from '../../images/builder.ts';
+import type { Logger } from '../../log.ts';
+import type { Accel } from '../../qemu/argv.ts';
+import type { NetworkAttachment } from '../../network/network.ts';
+import type { ConsoleWatch } from '../dead-end.ts';
+import type { InstanceDir } from '../instance.ts';
+import { releaseResources, type GuestResources } from '../resources.ts';
+import type { ResolvedSpec } from '../spec.ts';
+import type { BootTimings } from '../types.ts';
+
+/** What QEMU boots: filled in by the disk and seed steps (or a clone's disk step). */
+export interface BootMedia {
+  disk: string;
+  seed: string;
+  /** Direct kernel boot; undefined for images that carry their own bootloader. */
+  kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
+  /** UEFI firmware (OVMF) with the guest's own variable store; undefined: SeaBIOS. */
+  uefi?: { code: string; vars: string } | undefined;
+  /** A saved state to resume from instead of booting (QEMU -incoming). */
+  incoming?: { uri: string; ignoreShared: boolean } | undefined;
+  /** Guest RAM in a file: shared (a template writes it) or mapped copy-on-write (a clone). */
+  memoryFile?: { path: string; shared: boolean } | undefined;
+  /** The serial log already holds the console of the boot this guest was cloned from. */
+  serialAppend?: boolean | undefined;
+}
+
+/** Everything a launch knows so far; each step reads what earlier steps set and adds its own. */
+export interface LaunchState {
+  readonly spec: ResolvedSpec;
+  readonly log: Logger;
+  readonly signal: AbortSignal | undefined;
+  /** performance.now() when the start began; timings count from here. */
+  readonly t0: number;
+  /** The guest's resources, released if the launch fails. */
+  readonly resources: GuestResources;
+  accel?: Accel;
+  bootTimeoutMs?: number;
+  /** Epoch ms by which the guest must be ready; set when QEMU starts. */
+  deadline?: number;
+  /** performance.now() when QEMU started. */
+  bootStarted?: number;
+  /** The base image (a clone: its template's). */
+  image?: BuiltImage;
+  /** UEFI firmware files, when the guest boots with UEFI. */
+  ovmf?: OvmfFiles | undefined;
+  instance?: InstanceDir;
+  /** The guest's SSH keys; the public client key and private host key only where a seed is written. */
+  keys?: { clientPrivateKey: string; clientPublicKey?: string; hostPrivateKey?: string; hostPublicKey: string };
+  media?: Partial<BootMedia>;
+  attachments: NetworkAttachment[];
+  watch?: ConsoleWatch;
+  sshPort?: number;
+  timings: Partial<BootTimings>;
+  /** The template's id, for a clone. */
+  clonedFrom?: string | undefined;
+  /** How long each step took, by name. */
+  stepMs: Record<string, number>;
+}
+
+export interface LaunchStep {
+  /** Short and stable: it appears in logs, errors and timings ("image", "budget", "ssh-auth"). */
+  readonly name: string;
+  /** What the step does. */
+  readonly description: string;
+  /** Where to look when it fails. */
+  readonly hint: string;
+  run(state: LaunchState): Promise<void>;
+}
+
+/** A value an earlier step must have set; a missing one is a bug in the step list. */
+export function need<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`launch step order: ${what} is not set yet`);
+  return value;
+}
+
+export function newLaunchState(spec: ResolvedSpec, log: Logger, signal: AbortSignal | undefined): LaunchState {
+  return { spec, log, signal, t0: performance.now(), resources: { log }, attachments: [], timings: {}, stepMs: {} };
+}
+
+export function sinceStart(state: LaunchState): number {
+  return Math.round(performance.now() - state.t0);
+}
+
+/** The step a launch failed in, on the error it failed with. */
+export interface FailedStep {
+  name: string;
+  description: string;
+  hint: string;
+}
+
+/** Adds the failed step (with its hint) to the error's message and as `error.step`. */
+function annotate(error: unknown, step: LaunchStep, spec: ResolvedSpec): Error {
+  const wrapped = error instanceof GuestlabError || error instanceof SshError
+    ? error
+    : new GuestlabError(`Starting guest ${spec.name} failed: ${(error as Error).message}`, { cause: error });
+  if (!(wrapped as { step?: FailedStep }).step) {
+    Object.defineProperty(wrapped, 'step', { value: { name: step.name, description: step.description, hint: step.hint }, enumerable: false });
+    wrapped.message += `\n--- failed step: ${step.name} (${step.description}) ---\nhint: ${step.hint}`;
+  }
+  return wrapped;
+}
+
+/** Runs the steps in order; on failure, releases everything they made and throws the annotated error. */
+export async function runSteps(state: LaunchState, steps: readonly LaunchStep[]): Promise<void> {
+  for (const step of steps) {
+    const started = performance.now();
+    try {
+      if (state.signal?.aborted) throw new AbortedError(`Starting guest ${state.spec.name} (before step ${step.name})`, { cause: state.signal.reason });
+      state.log.debug(`step ${step.name}: ${step.description}`);
+      await step.run(state);
+    } catch (error) {
+      state.watch?.stop();
+      await releaseResources(state.resources).catch((stopError) => state.log.warn(`cleanup after a failed start also failed: ${(stopError as Error).message}`));
+      throw annotate(error, step, state.spec);
+    }
+    state.stepMs[step.name] = Math.round(performance.now() - started);
+  }
+}

@@ -1,0 +1,59 @@
+// What a guest holds on the host, in the order it is acquired: a budget lease, an instance
+// directory, QEMU and its monitor, private-network ports, the SSH session. Each launch step records
+// what it made here before anything can fail, and releaseResources() gives back whatever exists,
+// for a stopped guest and a failed start alike.
+import fs from 'node:fs/promises';
+import type { Lease } from '../budget/leases.ts';
+import { GuestlabError } from '../errors.ts';
+import type { Logger } from '../log.ts';
+import type { GuestNetwork } from '../network/network.ts';
+import { closeQemu } from '../qemu/close.ts';
+import type { QemuMonitor } from '../qemu/monitor.ts';
+import type { QemuProcess } from '../qemu/process.ts';
+import type { SshSession } from '../ssh/session.ts';
+import type { InstanceDir } from './instance.ts';
+import { unregisterLive } from './registry.ts';
+
+export interface GuestResources {
+  log: Logger;
+  lease?: Lease | undefined;
+  instance?: InstanceDir | undefined;
+  qemu?: QemuProcess | undefined;
+  monitor?: QemuMonitor | undefined;
+  session?: SshSession | undefined;
+  /** Set when the host disk filled up under the guest (QMP BLOCK_IO_ERROR, nospace). */
+  diskFull?: DiskFullError | undefined;
+  /** Private networks the guest has a port on; left once QEMU is gone. */
+  networks?: GuestNetwork[] | undefined;
+}
+
+/** The resources of a guest that is up. */
+export type RunningResources = Required<Pick<GuestResources, 'instance' | 'qemu' | 'monitor' | 'session'>> & GuestResources;
+
+export class DiskFullError extends GuestlabError {
+  override name = 'DiskFullError';
+  constructor(guest: string, dir: string) {
+    super(
+      `The host disk holding guest ${guest}'s overlay (${dir}) is full; QEMU paused the guest. ` +
+        'Free space there or point GUESTLAB_INSTANCES_DIR at a larger disk; the guest cannot continue.',
+      { code: 'ERR_DISK_FULL' },
+    );
+  }
+}
+
+/** Gives back whatever exists: SSH, QEMU (quit, grace, kill), network ports, the directory, then the lease. */
+export async function releaseResources(resources: GuestResources): Promise<void> {
+  const started = Date.now();
+  const { qemu, monitor, instance, log } = resources;
+  resources.session?.close();
+  if (qemu) await closeQemu(qemu, monitor, log);
+  monitor?.close();
+  for (const network of resources.networks ?? []) if (instance) network.detach(instance.id);
+  if (instance) {
+    await fs.rm(instance.dir, { recursive: true, force: true });
+    unregisterLive(instance.id);
+  }
+  // Last: the budget frees up only once QEMU is really gone.
+  await resources.lease?.release();
+  log.debug(`stopped in ${Date.now() - started} ms`);
+}

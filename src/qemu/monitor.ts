@@ -1,0 +1,179 @@
+// The guest's QEMU monitor: every command guestlab sends to a running QEMU, typed, each wait with a
+// deadline that ends at once when QEMU dies. Nothing outside qemu/ speaks QMP or HMP.
+import { QemuError } from '../errors.ts';
+import { pollFor, retryUntil } from '../util/retry.ts';
+import { quoteArg } from '../util/shell-quote.ts';
+import { parseSnapshots, parseUsernetForwards, type SnapshotInfo, type UsernetForward } from './hmp.ts';
+import { exitedError, type QemuProcess } from './process.ts';
+import { QmpClient, type QmpEvent } from './qmp.ts';
+
+/** QEMU creates its QMP socket while it initializes; it should answer within this long. */
+const CONNECT_WITHIN_MS = 30_000;
+/** The user network's NIC (see buildQemuArgv). */
+const USER_NETDEV = 'net0';
+
+export type ForwardProtocol = 'tcp' | 'udp';
+
+export interface MonitorOptions {
+  /** Names the guest in messages ("guest web-1"). */
+  label: string;
+  /** Epoch ms after which connecting gives up. */
+  deadline: number;
+}
+
+export class QemuMonitor {
+  readonly #qmp: QmpClient;
+  readonly #qemu: QemuProcess;
+  readonly #label: string;
+
+  private constructor(qmp: QmpClient, qemu: QemuProcess, label: string) {
+    this.#qmp = qmp;
+    this.#qemu = qemu;
+    this.#label = label;
+  }
+
+  /** Connects to a starting QEMU's QMP socket, retrying while QEMU creates it; fails at once if QEMU exits. */
+  static async connect(socketPath: string, qemu: QemuProcess, options: MonitorOptions): Promise<QemuMonitor> {
+    let lastError: unknown;
+    try {
+      const qmp = await retryUntil(() => QmpClient.connect(socketPath), {
+        deadline: Math.min(options.deadline, Date.now() + CONNECT_WITHIN_MS),
+        minDelayMs: 20,
+        maxDelayMs: 200,
+        stopWhen: () => exitedError(qemu, 'during startup'),
+        onRetry: (error) => (lastError = error),
+      });
+      return new QemuMonitor(qmp, qemu, options.label);
+    } catch (error) {
+      if (error instanceof QemuError && qemu.hasExited) throw error;
+      throw new QemuError(`QEMU's QMP socket for ${options.label} did not come up within ${CONNECT_WITHIN_MS / 1000} s: ${(lastError as Error | undefined)?.message ?? (error as Error).message}\n${qemu.outputTail()}`, { cause: error });
+    }
+  }
+
+  get closed(): boolean {
+    return this.#qmp.closed;
+  }
+
+  /** QMP events (BLOCK_IO_ERROR, STOP, ...), as QEMU sends them. */
+  onEvent(listener: (event: QmpEvent) => void): void {
+    this.#qmp.on('event', listener);
+  }
+
+  /** Drops the connection; QEMU runs on. */
+  close(): void {
+    this.#qmp.close();
+  }
+
+  /** The run state: running, paused, inmigrate, postmigrate, ... */
+  async status(): Promise<string> {
+    return (await this.#qmp.execute<{ status: string }>('query-status')).status;
+  }
+
+  /** Asks QEMU to exit. Resolves when it has answered or closed the connection. */
+  async quit(): Promise<void> {
+    await this.#qmp.execute('quit');
+  }
+
+  /** The user network's host forwards. */
+  async forwards(): Promise<UsernetForward[]> {
+    return parseUsernetForwards(await this.#hmp('info usernet'));
+  }
+
+  /** The host port forwarded to a guest TCP port (the SSH forward, made on the command line). */
+  async hostPortOf(guestPort: number): Promise<number> {
+    const forward = (await this.forwards()).find((f) => f.protocol === 'tcp' && f.guestPort === guestPort);
+    if (!forward) throw new QemuError(`QEMU does not list a forward to port ${guestPort} of ${this.#label} (info usernet); QEMU output:\n${this.#qemu.outputTail()}`);
+    return forward.hostPort;
+  }
+
+  /** Forwards a free port on the host's 127.0.0.1 (the kernel picks it) to `guestPort`; returns the host port. */
+  async addForward(protocol: ForwardProtocol, guestPort: number): Promise<number> {
+    const before = new Set((await this.forwards()).map((f) => `${f.protocol}:${f.hostPort}`));
+    const reply = await this.#hmp(`hostfwd_add ${USER_NETDEV} ${protocol}:127.0.0.1:0-:${guestPort}`);
+    if (reply.trim()) throw new QemuError(`QEMU refused to forward ${protocol} port ${guestPort} of ${this.#label}: ${reply.trim()}`);
+    const added = (await this.forwards()).find(
+      (f) => f.protocol === protocol && f.guestPort === guestPort && f.hostAddress === '127.0.0.1' && !before.has(`${f.protocol}:${f.hostPort}`),
+    );
+    if (!added) throw new QemuError(`QEMU accepted a forward to ${protocol} port ${guestPort} of ${this.#label} but does not list it (info usernet)`);
+    return added.hostPort;
+  }
+
+  /** Removes a forward by its host port; the port is closed. */
+  async removeForward(protocol: ForwardProtocol, hostPort: number): Promise<void> {
+    const reply = await this.#hmp(`hostfwd_remove ${USER_NETDEV} ${protocol}:127.0.0.1:${hostPort}`);
+    if (!/removed/i.test(reply) && reply.trim()) throw new QemuError(`QEMU could not remove the forward of ${protocol} host port ${hostPort} of ${this.#label}: ${reply.trim()}`);
+  }
+
+  /** savevm: disk and running state into the guest's qcow2 overlay under `tag` (the guest pauses meanwhile). */
+  async saveSnapshot(tag: string): Promise<SnapshotInfo | undefined> {
+    const reply = await this.#hmp(`savevm ${tag}`);
+    if (reply.trim()) throw new QemuError(`Saving checkpoint ${tag} of ${this.#label} failed: ${reply.trim()}`);
+    return parseSnapshots(await this.#hmp('info snapshots')).find((snapshot) => snapshot.tag === tag);
+  }
+
+  /** loadvm: back to a snapshot taken by saveSnapshot(). */
+  async loadSnapshot(tag: string): Promise<void> {
+    const reply = await this.#hmp(`loadvm ${tag}`);
+    if (reply.trim()) throw new QemuError(`Restoring checkpoint ${tag} of ${this.#label} failed: ${reply.trim()}`);
+  }
+
+  /**
+   * Pauses the guest and writes its RAM and device state to `file` (migration to `exec:cat`),
+   * leaving out RAM held in a shared memory file (x-ignore-shared). The guest stays paused.
+   */
+  async saveStateToFile(file: string, deadline: number): Promise<void> {
+    await this.#qmp.execute('stop');
+    await this.#ignoreShared();
+    await this.#qmp.execute('migrate', { uri: `exec:cat > ${quoteArg(file)}` });
+    await pollFor(async () => {
+      const info = await this.#qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+      if (info.status === 'completed') return true;
+      if (info.status === 'failed' || info.status === 'cancelled') throw new QemuError(`Saving the state of ${this.#label} failed: ${info['error-desc'] ?? info.status}`);
+      return undefined;
+    }, {
+      deadline,
+      minDelayMs: 20,
+      maxDelayMs: 200,
+      isFinal: (error) => error instanceof QemuError,
+      stopWhen: () => exitedError(this.#qemu, `while saving the state of ${this.#label}`),
+      onDeadline: () => new QemuError(`Saving the state of ${this.#label} did not finish in time`),
+    });
+  }
+
+  /**
+   * Loads a saved state into a QEMU started with `-incoming` and lets the guest run. `deferred`: QEMU
+   * was started with `-incoming defer`, so the capabilities are set and the migration started here.
+   */
+  async receiveState(deferred: { uri: string } | undefined, deadline: number): Promise<void> {
+    if (deferred) {
+      await this.#ignoreShared();
+      await this.#qmp.execute('migrate-incoming', { uri: deferred.uri });
+    }
+    const status = await pollFor(async () => {
+      const now = await this.status();
+      return now === 'inmigrate' ? undefined : now;
+    }, {
+      deadline,
+      minDelayMs: 10,
+      maxDelayMs: 100,
+      factor: 1.2,
+      stopWhen: () => exitedError(this.#qemu, `while restoring ${this.#label}`),
+      onDeadline: () => new QemuError(`Restoring the saved state of ${this.#label} did not finish in time`),
+    });
+    if (status === 'running') return;
+    // The state was saved paused; a restored guest stays paused until told to run.
+    if (status === 'paused' || status === 'postmigrate' || status === 'prelaunch') {
+      await this.#qmp.execute('cont');
+      return;
+    }
+    throw new QemuError(`Restoring ${this.#label} failed: QEMU is in state "${status}":\n${this.#qemu.outputTail()}`);
+  }
+
+  #ignoreShared(): Promise<unknown> {
+    return this.#qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  }
+
+  #hmp(commandLine: string): Promise<string> {
+    return this.#qmp.hmp(commandLine);
+  }
+}
