@@ -121,4 +121,12 @@ describe('matchers', () => {
     expect(await vm.exec(['false'])).not.toSucceed();
     await expect(expect(vm.exec(['sh', '-c', 'echo went-wrong >&2; exit 2'])).toSucceed()).rejects.toThrow(/to succeed, but it exited with code 2.*went-wrong/s);
   });
+
+  test('fail(): a command that must fail returns its result; one that succeeds or times out throws', async ({ vm }) => {
+    const refused = await vm.fail(['sh', '-c', 'echo no-such-thing >&2; exit 3']);
+    expect(refused).toMatchObject({ exitCode: 3, stderr: 'no-such-thing\n' });
+    expect((await vm.fail('test -e /nonexistent')).exitCode).toBe(1);
+    await expect(vm.fail(['true'])).rejects.toThrow(/^Command exited with code 0 in guest .*, expected to fail: true$/);
+    await expect(vm.fail(['sleep', '30'], { timeoutMs: 1000 })).rejects.toThrow(/timed out .*expected to fail, not to run out of time: sleep 30/);
+  });
 });

@@ -70,7 +70,7 @@ export const instanceStep: LaunchStep = {
 
 export const qemuStep: LaunchStep = {
   name: 'qemu',
-  description: 'start QEMU',
+  description: 'start QEMU on the overlay, seed and firmware, with the SSH port forwarded on 127.0.0.1',
   hint: 'qemu.log in the instance directory has QEMU’s own words; `guestlab doctor` checks QEMU and the accelerator',
   async run(state) {
     const { spec, log, resources } = state;
