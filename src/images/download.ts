@@ -3,6 +3,7 @@
 // file), fsyncs, and renames the file into place: a reader never sees a partial file, and an
 // interrupted or corrupt download leaves nothing in the cache. Concurrent pulls of one file, in
 // one process or in many, make one download: the others wait on a host-wide lock and find it done.
+// Parsing digests and checksum files is checksum.ts's; showing progress is progress.ts's.
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -12,15 +13,11 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { AbortedError, GuestlabError } from '../errors.ts';
 import { acquireLock } from '../util/lock.ts';
+import { findChecksum, formatDigest, parseDigest, type Digest } from './checksum.ts';
+import type { DownloadProgress } from './progress.ts';
 
-export type DigestAlgorithm = 'sha256' | 'sha512';
-
-export interface Digest {
-  algorithm: DigestAlgorithm;
-  hex: string;
-}
-
-const HEX_LENGTH: Record<DigestAlgorithm, number> = { sha256: 64, sha512: 128 };
+export { findChecksum, formatDigest, parseDigest, type Digest, type DigestAlgorithm } from './checksum.ts';
+export { formatProgress, type DownloadProgress } from './progress.ts';
 
 export class DownloadError extends GuestlabError {
   override name = 'DownloadError';
@@ -31,42 +28,6 @@ export class DownloadError extends GuestlabError {
   }
 }
 
-/** `sha256:HEX` or `sha512:HEX`, as catalog entries write a pinned digest. */
-export function parseDigest(text: string, where: string): Digest {
-  const m = /^(sha256|sha512):([0-9a-fA-F]+)$/.exec(text.trim());
-  const algorithm = m?.[1] as DigestAlgorithm | undefined;
-  if (!m || !algorithm || m[2]!.length !== HEX_LENGTH[algorithm]) {
-    throw new TypeError(`${where}: expected a digest like "sha256:<64 hex digits>" or "sha512:<128 hex digits>", got ${JSON.stringify(text)}`);
-  }
-  return { algorithm, hex: m[2]!.toLowerCase() };
-}
-
-export const formatDigest = (digest: Digest) => `${digest.algorithm}:${digest.hex}`;
-
-/**
- * The digest of `fileName` in a checksum file: GNU style (`HEX  name`, `HEX *name`) as Debian,
- * Ubuntu and Alpine publish them, or BSD style (`SHA256 (name) = HEX`) as Fedora and Rocky do.
- * The algorithm comes from the BSD tag or from the length of the digest. A file that holds nothing
- * but one digest (a per-image NAME.sha256 as some projects publish) is that file's digest.
- */
-export function findChecksum(text: string, fileName: string): Digest | undefined {
-  const bare = /^\s*([0-9a-fA-F]{64}|[0-9a-fA-F]{128})\s*$/.exec(text);
-  if (bare) return { algorithm: bare[1]!.length === 64 ? 'sha256' : 'sha512', hex: bare[1]!.toLowerCase() };
-  for (const raw of text.split(/\r?\n/)) {
-    const line = raw.trim();
-    const bsd = /^(SHA256|SHA512)\s*\((.+)\)\s*=\s*([0-9a-fA-F]+)$/.exec(line);
-    if (bsd) {
-      if (bsd[2] === fileName) return { algorithm: bsd[1]!.toLowerCase() as DigestAlgorithm, hex: bsd[3]!.toLowerCase() };
-      continue;
-    }
-    const gnu = /^([0-9a-fA-F]{64}|[0-9a-fA-F]{128})\s+\*?(.+)$/.exec(line);
-    if (gnu && (gnu[2] === fileName || gnu[2] === `./${fileName}`)) {
-      return { algorithm: gnu[1]!.length === 64 ? 'sha256' : 'sha512', hex: gnu[1]!.toLowerCase() };
-    }
-  }
-  return undefined;
-}
-
 export interface DownloadSource {
   /** What the user asked for (an image name), for messages. */
   name: string;
@@ -75,13 +36,6 @@ export interface DownloadSource {
   digest?: string | undefined;
   /** Or: the URL of the distribution's checksum file, which lists the file by its base name. */
   checksums?: string | undefined;
-}
-
-export interface DownloadProgress {
-  bytes: number;
-  /** From Content-Length; undefined when the server does not say. */
-  total: number | undefined;
-  bytesPerSecond: number;
 }
 
 export interface PullOptions {
@@ -255,14 +209,4 @@ function offlineError(source: DownloadSource, what: string): DownloadError {
     `Image ${source.name} is not in the cache and GUESTLAB_OFFLINE=1 forbids downloading ${what}. ` +
       `Pull it where the network is reachable (guestlab image pull ${source.name}) and bring the cache over (guestlab image export/import), or unset GUESTLAB_OFFLINE.`,
   );
-}
-
-/** One line of progress: bytes, percentage when the total is known, and the rate. */
-export function formatProgress({ bytes, total, bytesPerSecond }: DownloadProgress): string {
-  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
-  const rate = `${mib(bytesPerSecond)}/s`;
-  if (total === undefined) return `${mib(bytes)} ${rate}`;
-  const width = 24;
-  const filled = Math.min(width, Math.round((bytes / total) * width));
-  return `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${((bytes / total) * 100).toFixed(0).padStart(3)}% ${mib(bytes)} of ${mib(total)} ${rate}`;
 }

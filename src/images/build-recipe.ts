@@ -1,0 +1,150 @@
+// Building a recipe's image from Debian packages: mmdebstrap -> ext4 -> read-only qcow2, plus the
+// image's own kernel and initrd for direct kernel boot, or (recipe boot: firmware) a partitioned
+// disk that carries its own bootloader (firmware-disk.ts). Needs root and the host's build tools.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { guestlabPaths } from '../config.ts';
+import { HostRequirementError, ImageBuildError } from '../errors.ts';
+import { findBootloaderTools } from '../host/firmware.ts';
+import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
+import { log as rootLog, type Logger } from '../log.ts';
+import { convertDisk } from '../disk/qemu-img.ts';
+import { makePrivateDir } from '../util/fs.ts';
+import { run } from '../util/run.ts';
+import { quoteArg } from '../util/shell-quote.ts';
+import { cachedOrMade, imageDirName, type EnsureImageOptions } from './cache.ts';
+import { customizeScript, FSTAB } from './customize.ts';
+import { digestFiles, ensureVerified } from './digest.ts';
+import { assembleFirmwareDisk } from './firmware-disk.ts';
+import { builtImageOf, IMAGE_FILES, imageFilesOf, readManifest, sealImage, type BuiltImage, type ImageManifest } from './image-dir.ts';
+import { recipeHash, type ImageRecipe } from './recipe.ts';
+
+/** Returns the cached image of a recipe, building it first when it is missing. */
+export async function ensureImageFromRecipe(recipe: ImageRecipe, options: EnsureImageOptions = {}): Promise<BuiltImage> {
+  const log = (options.log ?? rootLog).child(`image:${recipe.name}`);
+  const finalDir = path.join(guestlabPaths().imagesDir, imageDirName(recipe));
+  return cachedOrMade(finalDir, options, log, {
+    making: 'building',
+    read: () => readBuiltImage(recipe, finalDir, log),
+    make: () => buildInto(recipe, finalDir, log, options.signal),
+  });
+}
+
+async function readBuiltImage(recipe: ImageRecipe, dir: string, log: Logger): Promise<BuiltImage | undefined> {
+  const manifest = await readManifest(dir);
+  if (!manifest) return undefined;
+  // Images built before digests were recorded were built on this host and are trusted as they are.
+  if (manifest.files) await ensureVerified(recipe.name, dir, imageFilesOf(manifest), manifest.files, log);
+  return builtImageOf(recipe.name, dir, manifest, 'recipe', kernelCmdline(recipe));
+}
+
+export function kernelCmdline(recipe: ImageRecipe): string {
+  return `root=LABEL=root ro ${recipe.cmdline}`;
+}
+
+async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, signal: AbortSignal | undefined): Promise<void> {
+  const host = await probeHost();
+  const mmdebstrap = requireTool(host.mmdebstrap, DEBIAN_PACKAGES.mmdebstrap, 'to build images from Debian packages');
+  const mkfs = requireTool(host.mkfsExt4, DEBIAN_PACKAGES.mkfsExt4, 'to build images');
+  if (!host.isRoot) {
+    throw new HostRequirementError(
+      `Building image ${recipe.name} needs root (mmdebstrap installs packages as root and mkfs.ext4 keeps their ownership). ` +
+        `Build it once with: sudo npx guestlab image build ${recipe.name}`,
+    );
+  }
+  const started = Date.now();
+  const work = `${finalDir}.tmp-${process.pid}`;
+  await fs.rm(work, { recursive: true, force: true });
+  await makePrivateDir(work);
+  const firmware = recipe.boot === 'firmware';
+  // Checked before the long bootstrap, so that a missing tool fails in a second, not after minutes.
+  const bootloader = firmware ? await findBootloaderTools() : undefined;
+  const steps = firmware ? 5 : 4;
+  const step = (n: number, text: string) => log.info(`[${n}/${steps}] ${text} (${((Date.now() - started) / 1000).toFixed(1)}s)`);
+  try {
+    const filesDir = path.join(work, 'files');
+    await fs.mkdir(filesDir);
+    await fs.writeFile(path.join(filesDir, 'fstab'), FSTAB);
+    await Promise.all(recipe.files.map((file, i) => fs.writeFile(path.join(filesDir, String(i)), file.content)));
+    const hook = path.join(work, 'customize.sh');
+    await fs.writeFile(hook, customizeScript(recipe, filesDir), { mode: 0o700 });
+    const bootDir = path.join(work, 'boot');
+    const tarball = path.join(work, 'rootfs.tar');
+
+    step(1, `bootstrapping ${recipe.suite} from ${recipe.mirror} with mmdebstrap`);
+    await run(
+      mmdebstrap,
+      [
+        '--variant=apt',
+        `--components=${recipe.components.join(',')}`,
+        `--include=${[recipe.kernel, ...recipe.packages].join(',')}`,
+        `--customize-hook=${quoteArg(hook)} "$1"`,
+        `--customize-hook=sync-out /boot ${quoteArg(bootDir)}`,
+        recipe.suite,
+        tarball,
+        recipe.mirror,
+      ],
+      { signal, onLine: (line) => (/^[IWE]: /.test(line) ? log.info(`  ${line}`) : log.debug(line)) },
+    );
+
+    step(2, `making a ${recipe.diskSizeGiB} GiB ext4 filesystem`);
+    const rootfs = path.join(work, 'rootfs');
+    await fs.mkdir(rootfs);
+    await run('tar', ['-C', rootfs, '--numeric-owner', '--xattrs', '--xattrs-include=*', '-xpf', tarball], { signal });
+    await fs.rm(tarball);
+    const raw = path.join(work, 'disk.raw');
+    await run(mkfs, ['-q', '-t', 'ext4', '-L', 'root', '-d', rootfs, raw, `${recipe.diskSizeGiB}G`], { signal });
+    await fs.rm(rootfs, { recursive: true, force: true });
+
+    step(3, 'extracting kernel and initrd');
+    const bootFiles = await fs.readdir(bootDir);
+    const kernelFile = bootFiles.filter((f) => f.startsWith('vmlinuz-')).sort().at(-1);
+    const initrdFile = bootFiles.filter((f) => f.startsWith('initrd.img-')).sort().at(-1);
+    if (!kernelFile || !initrdFile) {
+      throw new ImageBuildError(`The image has no kernel or initrd in /boot (found: ${bootFiles.join(', ') || 'nothing'}); does the recipe's \`kernel\` package "${recipe.kernel}" install one?`);
+    }
+    await fs.rename(path.join(bootDir, kernelFile), path.join(work, IMAGE_FILES.kernel));
+    await fs.rename(path.join(bootDir, initrdFile), path.join(work, IMAGE_FILES.initrd));
+    await fs.rm(bootDir, { recursive: true, force: true });
+    await fs.rm(filesDir, { recursive: true, force: true });
+    await fs.rm(hook);
+
+    let diskRaw = raw;
+    if (bootloader) {
+      step(4, 'partitioning: EFI system partition with the kernel, syslinux (BIOS) and systemd-boot (UEFI), then the root filesystem');
+      diskRaw = path.join(work, 'firmware-disk.raw');
+      await assembleFirmwareDisk(
+        { root: raw, kernel: path.join(work, IMAGE_FILES.kernel), initrd: path.join(work, IMAGE_FILES.initrd), cmdline: kernelCmdline(recipe), output: diskRaw, scratch: work },
+        bootloader,
+        signal,
+      );
+      await fs.rm(raw);
+      await fs.rm(path.join(work, IMAGE_FILES.kernel));
+      await fs.rm(path.join(work, IMAGE_FILES.initrd));
+    }
+    step(steps, 'converting to qcow2');
+    await convertDisk({ file: diskRaw, format: 'raw' }, { file: path.join(work, IMAGE_FILES.disk), format: 'qcow2' }, signal);
+    await fs.rm(diskRaw);
+
+    const disk = path.join(work, IMAGE_FILES.disk);
+    const files = imageFilesOf(recipe);
+    const manifest: ImageManifest = {
+      name: recipe.name,
+      recipeHash: recipeHash(recipe),
+      suite: recipe.suite,
+      kernelVersion: kernelFile.replace(/^vmlinuz-/, ''),
+      cmdline: kernelCmdline(recipe),
+      ...(firmware ? { boot: 'firmware' as const, firmware: 'bios' as const } : {}),
+      builtAt: new Date().toISOString(),
+      buildMs: Date.now() - started,
+      diskBytes: (await fs.stat(disk)).size,
+      files: await digestFiles(work, files),
+    };
+    await sealImage(work, finalDir, manifest, files);
+    log.info(`built ${recipe.name} in ${(manifest.buildMs / 1000).toFixed(1)}s: ${finalDir}`);
+  } catch (error) {
+    await fs.rm(work, { recursive: true, force: true }).catch(() => undefined);
+    if (error instanceof ImageBuildError || error instanceof HostRequirementError) throw error;
+    throw new ImageBuildError(`Building image ${recipe.name} failed: ${(error as Error).message}`, { cause: error });
+  }
+}
