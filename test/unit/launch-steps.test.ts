@@ -63,7 +63,7 @@ describe('runSteps', () => {
         throw new Error('connection refused');
       }),
       step('never', async () => void (later = true)),
-    ]).catch((e: unknown) => e as GuestlabError & { step: FailedStep });
+    ]).then(() => expect.unreachable('it should fail'), (e: unknown) => e as GuestlabError & { step: FailedStep });
     expect(error).toBeInstanceOf(GuestlabError);
     expect(error.message).toMatch(/^Starting guest web failed: connection refused\n--- failed step: ssh-banner \(the ssh-banner step\) ---\nhint: look at ssh-banner$/);
     expect(error.step).toEqual({ name: 'ssh-banner', description: 'the ssh-banner step', hint: 'look at ssh-banner' });
@@ -78,7 +78,7 @@ describe('runSteps', () => {
     const state = newLaunchState(resolveSpec({ image: 'debian-12', name: 'db' }), log, undefined);
     const failure = await runSteps(state, [step('monitor', async () => {
       throw new QemuError('QEMU exited with code 1 during startup');
-    })]).catch((e: unknown) => e as Error);
+    })]).then(() => expect.unreachable('it should fail'), (e: unknown) => e as Error);
     expect(failure).toBeInstanceOf(QemuError);
     expect(failure.message).toContain('--- failed step: monitor');
 

@@ -112,7 +112,7 @@ describe('QemuMonitor', () => {
     } }, []);
     const monitor = await QemuMonitor.connect(socket, qemu, { label: 'guest web', deadline: Date.now() + 5000 });
     const started = Date.now();
-    const error = await monitor.receiveState(undefined, Date.now() + 60_000).catch((e: unknown) => e as Error);
+    const error = await monitor.receiveState(undefined, Date.now() + 60_000).then(() => expect.unreachable('it should fail'), (e: unknown) => e as Error);
     expect(error).toBeInstanceOf(QemuError);
     expect(error.message).toMatch(/^QEMU exited with code 1 while restoring guest web:\nqemu-system-x86_64: the last words/);
     expect(Date.now() - started).toBeLessThan(3000);
