@@ -12,7 +12,7 @@ import { log as rootLog } from '../log.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import { FRESH_BOOT, qemuStep } from './launch/boot.ts';
 import { cloneSteps, RESUME_PERL, RESUME_WAITER, type TemplateBase } from './launch/clone.ts';
-import { guestOf, launch } from './launch/launch.ts';
+import { launch, timingsOf } from './launch/launch.ts';
 import { need, newLaunchState, runSteps, type LaunchState, type LaunchStep } from './launch/steps.ts';
 import { registerLive, unregisterLive } from './registry.ts';
 import { releaseResources } from './resources.ts';
@@ -117,7 +117,7 @@ export class GuestTemplate implements AsyncDisposable {
     }
     const state = newLaunchState(spec, rootLog.child(spec.name), options.signal);
     await runSteps(state, TEMPLATE_BOOT);
-    const boot = guestOf(state).timings;
+    const boot = timingsOf(state);
     const instance = need(state.instance, 'instance');
     const statePath = instance.file('state');
     const saved = { resumeWaiter: false, saveMs: 0 };

@@ -47,6 +47,8 @@ export interface BootTimings {
   cloudInitDoneMs: number;
   /** A clone only: when the saved state had been loaded into its QEMU. */
   restoreMs?: number;
+  /** How long each launch step took, by step name ("image", "budget", "qemu", "ssh-auth", ...). */
+  steps?: Record<string, number>;
 }
 
 /** The guest's NIC on one private network. */

@@ -10,21 +10,27 @@ export async function launch(state: LaunchState, steps: readonly LaunchStep[]): 
   return guestOf(state);
 }
 
-/** The StartedGuest for a launch whose steps are done. */
-export function guestOf(state: LaunchState): StartedGuest {
-  const { spec, resources } = state;
-  const instance = need(state.instance, 'instance');
-  const keys = need(state.keys, 'keys');
+/** The boot phases of a launch whose steps are done. */
+export function timingsOf(state: LaunchState): BootTimings {
   const t = state.timings;
-  const timings: BootTimings = {
+  return {
     imageReadyMs: need(t.imageReadyMs, 'image timing'),
     qemuStartedMs: need(t.qemuStartedMs, 'QEMU timing'),
     sshBannerMs: need(t.sshBannerMs, 'banner timing'),
     sshReadyMs: need(t.sshReadyMs, 'SSH timing'),
     cloudInitDoneMs: need(t.cloudInitDoneMs, 'ready timing'),
     ...(t.restoreMs === undefined ? {} : { restoreMs: t.restoreMs }),
+    steps: { ...state.stepMs },
   };
-  state.log.debug(`ready: ${JSON.stringify(timings)}; steps (ms): ${JSON.stringify(state.stepMs)}`);
+}
+
+/** The StartedGuest for a launch whose steps are done. */
+function guestOf(state: LaunchState): StartedGuest {
+  const { spec, resources } = state;
+  const instance = need(state.instance, 'instance');
+  const keys = need(state.keys, 'keys');
+  const timings = timingsOf(state);
+  state.log.debug(`ready: ${JSON.stringify(timings)}`);
   return new StartedGuest({
     // The same object the monitor's event handler updates, now with every part set.
     resources: resources as RunningResources,
