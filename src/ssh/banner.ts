@@ -2,7 +2,7 @@
 // long before sshd listens, so an open port means nothing; the "SSH-2.0-" banner does. The socket
 // that saw the banner is handed on (banner pushed back), so no handshake is wasted on polling.
 import net from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
+import { retryUntil } from '../util/retry.ts';
 
 export interface BannerOptions {
   host: string;
@@ -56,18 +56,31 @@ function attempt(host: string, port: number, attemptMs: number): Promise<{ socke
   });
 }
 
+/** Why the wait ended before the deadline (shouldStop's reason, or "aborted"). */
+class Stopped extends Error {}
+
 /** Resolves with a connected socket positioned before the banner, or undefined at the deadline. */
 export async function waitForSshBanner(options: BannerOptions): Promise<BannerResult | { stopped: string } | undefined> {
   let attempts = 0;
-  while (Date.now() < options.deadline) {
-    const stop = options.shouldStop?.();
-    if (stop) return { stopped: stop };
-    if (options.signal?.aborted) return { stopped: 'aborted' };
-    attempts++;
-    const remaining = options.deadline - Date.now();
-    const result = await attempt(options.host, options.port, Math.max(100, Math.min(options.attemptMs ?? 5000, remaining)));
-    if (result) return { ...result, attempts };
-    await sleep(options.retryDelayMs ?? 250);
+  try {
+    const result = await retryUntil(async () => {
+      attempts++;
+      const remaining = options.deadline - Date.now();
+      const seen = await attempt(options.host, options.port, Math.max(100, Math.min(options.attemptMs ?? 5000, remaining)));
+      if (!seen) throw new Error('no SSH banner yet');
+      return seen;
+    }, {
+      deadline: options.deadline,
+      minDelayMs: options.retryDelayMs ?? 250,
+      maxDelayMs: options.retryDelayMs ?? 250,
+      stopWhen: () => {
+        const reason = options.shouldStop?.() ?? (options.signal?.aborted ? 'aborted' : undefined);
+        return reason === undefined ? undefined : new Stopped(reason);
+      },
+    });
+    return { ...result, attempts };
+  } catch (error) {
+    if (error instanceof Stopped) return { stopped: error.message };
+    return undefined;
   }
-  return undefined;
 }
