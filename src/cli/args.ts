@@ -76,10 +76,9 @@ export function command<const O extends OptionSpecs>(spec: CommandSpec<O>, run: 
 export function parseCommand<O extends OptionSpecs>(spec: CommandSpec<O>, args: string[]): Parsed<O> | undefined {
   const end = spec.passThrough && args.includes('--') ? args.indexOf('--') : args.length;
   const own = args.slice(0, end);
-  const options = { ...parserOptions(spec.options), help: { type: 'boolean', short: 'h' } } as const;
   let parsed;
   try {
-    parsed = parseArgs({ args: own, options, strict: true, allowPositionals: true });
+    parsed = parseArgs({ args: own, options: parserOptions(spec.options), strict: true, allowPositionals: true });
   } catch (error) {
     throw new UsageError(`${spec.name}: ${explain(spec, own) ?? (error as Error).message}`);
   }
@@ -94,7 +93,11 @@ export function parseCommand<O extends OptionSpecs>(spec: CommandSpec<O>, args: 
     const raw = (parsed.values as Record<string, string | boolean | undefined>)[name] ?? option.default;
     if (option.type === 'boolean') values[name] = raw === true;
     else if (raw === '') throw new UsageError(`${spec.name}: --${name} needs a value, e.g. --${name} ${option.example ?? option.value}`);
-    else if (raw !== undefined) values[name] = option.integer ? integer(spec.name, name, option, raw as string) : raw;
+    else if (raw !== undefined && option.integer) {
+      const refusal = integerRefusal(name, option, raw as string);
+      if (refusal) throw new UsageError(`${spec.name}: ${refusal}`);
+      values[name] = Number(raw);
+    } else if (raw !== undefined) values[name] = raw;
   }
   const result = { values: values as Values<O>, positionals, passThrough: args.slice(end + 1) };
   const refusal = spec.check?.(result);
@@ -102,17 +105,16 @@ export function parseCommand<O extends OptionSpecs>(spec: CommandSpec<O>, args: 
   return result;
 }
 
-function parserOptions(options: OptionSpecs): Record<string, { type: 'boolean' | 'string' }> {
-  return Object.fromEntries(Object.entries(options).map(([name, { type }]) => [name, { type }]));
+/** The command's options for parseArgs, and -h/--help, which every command takes. */
+function parserOptions(options: OptionSpecs): Record<string, { type: 'boolean' | 'string'; short?: string }> {
+  return { ...Object.fromEntries(Object.entries(options).map(([name, { type }]) => [name, { type }])), help: { type: 'boolean', short: 'h' } };
 }
 
 /** Decimal digits only: `0x10`, `1e3`, `2.5`, `-1` are refused, not read as 16, 1000, 2 or -1. */
-function integer(command: string, name: string, option: OptionSpec, raw: string): number {
+function integerRefusal(name: string, option: OptionSpec, raw: string): string | undefined {
   const value = Number(raw);
-  if (!/^\d+$/.test(raw) || value < 1 || !Number.isSafeInteger(value)) {
-    throw new UsageError(`${command}: --${name} takes a whole number of 1 or more in decimal digits, got ${JSON.stringify(raw)} (e.g. --${name} ${option.example ?? 1})`);
-  }
-  return value;
+  if (/^\d+$/.test(raw) && value >= 1 && Number.isSafeInteger(value)) return undefined;
+  return `--${name} takes a whole number of 1 or more in decimal digits, got ${JSON.stringify(raw)} (e.g. --${name} ${option.example ?? 1})`;
 }
 
 /**
@@ -120,15 +122,15 @@ function integer(command: string, name: string, option: OptionSpec, raw: string)
  * arguments read leniently, and the first token strict mode does not accept.
  */
 function explain(spec: SpecInfo, args: string[]): string | undefined {
-  const { tokens } = parseArgs({ args, options: { ...parserOptions(spec.options), help: { type: 'boolean', short: 'h' } }, strict: false, allowPositionals: true, tokens: true });
+  const { tokens } = parseArgs({ args, options: parserOptions(spec.options), strict: false, allowPositionals: true, tokens: true });
   for (const token of tokens) {
     if (token.kind !== 'option') continue;
-    const option = token.name === 'help' ? { type: 'boolean' as const, help: '' } : spec.options[token.name];
+    const option = token.name === 'help' ? { type: 'boolean' as const, help: '' } : Object.hasOwn(spec.options, token.name) ? spec.options[token.name] : undefined;
     if (!option) return `unknown option ${token.rawName} (${spec.name} takes ${optionList(spec.options)}; see guestlab help ${spec.name})`;
     if (option.type === 'boolean' && token.value !== undefined) return `${token.rawName} takes no value, got ${JSON.stringify(`${token.rawName}=${token.value}`)}`;
     if (option.type === 'string' && token.value === undefined) return `${token.rawName} needs a value, e.g. ${token.rawName} ${option.example ?? option.value}`;
     if (option.type === 'string' && !token.inlineValue && token.value?.startsWith('-')) {
-      if (option.integer) integer(spec.name, token.name, option, token.value);
+      if (option.integer) return integerRefusal(token.name, option, token.value);
       return `${token.rawName} needs a value, got the option ${token.value} (write ${token.rawName}=${token.value} if you mean that value)`;
     }
   }
