@@ -2,14 +2,13 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { detectLimits } from '../budget/limits.ts';
 import { budgetDir, budgetState } from '../budget/leases.ts';
 import { usedOf } from '../budget/policy.ts';
 import { guestlabPaths } from '../config.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
 import { sshCommand } from '../guest/keep.ts';
-import { QmpClient } from '../qemu/qmp.ts';
+import { closeQemuByPid } from '../qemu/close.ts';
 import { readOwnerRecord, sweep, taggedQemus } from '../reaper/sweep.ts';
 import { command } from './args.ts';
 import { printTable } from './table.ts';
@@ -95,18 +94,11 @@ export const stop = command(
   },
 );
 
-// lead: replace with the graceful close from qemu/
-/** Asks the guest's QEMU to quit over QMP; kills it if it has not within 5 s. */
+/** Ends the guest's QEMU the way a test run does: QMP quit, a grace period, then SIGKILL. */
 async function quitQemu(instanceDir: string, pid: number): Promise<void> {
-  const qmp = await QmpClient.connect(path.join(instanceDir, INSTANCE_FILES.qmp), 2000).catch(() => undefined);
-  await qmp?.execute('quit').catch(() => undefined);
-  qmp?.close();
-  for (let waited = 0; waited < 5000 && (await taggedQemus()).some((q) => q.pid === pid); waited += 100) await sleep(100);
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // it quit
-  }
+  // By its tag, not only its pid: a pid reused by another process is never signalled.
+  const stillRunning = async () => (await taggedQemus()).some((q) => q.pid === pid);
+  await closeQemuByPid(pid, path.join(instanceDir, INSTANCE_FILES.qmp), stillRunning);
 }
 
 export const gc = command(

@@ -50,6 +50,8 @@ export interface CheckpointDeps {
   replaceSession: (next: (() => Promise<SshSession>) | undefined, why: Error) => Promise<void>;
   forwards: Forwards;
   log: Logger;
+  /** An error once QEMU has exited: reconnecting after a restore stops at once then. */
+  qemuGone: () => Error | undefined;
 }
 
 interface Saved {
@@ -91,7 +93,7 @@ export class Checkpoints {
     await this.#deps.replaceSession(undefined, why);
     await this.#deps.monitor().loadSnapshot(name);
     const loadMs = Math.round(performance.now() - started);
-    await this.#deps.replaceSession(() => reconnect(guest.ssh, 60_000 * guest.timeoutScale), why);
+    await this.#deps.replaceSession(() => reconnect(guest.ssh, 60_000 * guest.timeoutScale, this.#deps.qemuGone), why);
     // The guest resumes with the checkpoint's clock.
     await guest.succeed(['date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], { sudo: true });
     await this.#deps.forwards.forgetLost();
@@ -112,7 +114,7 @@ export class Checkpoints {
 }
 
 /** A new authenticated SSH session to the same guest, retried until `withinMs` passes; a host key mismatch is final. */
-async function reconnect(ssh: SshInfo, withinMs: number): Promise<SshSession> {
+async function reconnect(ssh: SshInfo, withinMs: number, qemuGone: () => Error | undefined): Promise<SshSession> {
   const deadline = Date.now() + withinMs;
   const privateKey = await fs.readFile(ssh.privateKeyPath, 'utf8');
   const endpoint = { host: ssh.host, port: ssh.port, user: ssh.user, privateKey, hostKey: ssh.hostKey };
@@ -121,5 +123,6 @@ async function reconnect(ssh: SshInfo, withinMs: number): Promise<SshSession> {
     minDelayMs: 200,
     maxDelayMs: 200,
     isFinal: (error) => (error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH',
+    stopWhen: qemuGone,
   });
 }

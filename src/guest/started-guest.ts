@@ -11,6 +11,7 @@ import { userInfo, type UserInfo } from '../inspect/users.ts';
 import { listeningSockets } from '../inspect/sockets.ts';
 import type { Accel } from '../qemu/argv.ts';
 import type { ForwardProtocol } from '../qemu/monitor.ts';
+import { exitedError } from '../qemu/process.ts';
 import { describeValue } from '../util/validate.ts';
 import { Checkpoints, type CheckpointInfo, type RestoreTimings } from './checkpoints.ts';
 import { runCommand, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
@@ -93,6 +94,7 @@ export class StartedGuest implements AsyncDisposable {
       checkUsable,
       forwards: this.#forwards,
       log: init.resources.log,
+      qemuGone: () => exitedError(this.#resources.qemu, `while guest ${this.name} was being restored`),
       replaceSession: async (next, why) => {
         this.#resources.session.close(why);
         if (next) this.#resources.session = await next();
