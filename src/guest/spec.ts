@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { GuestlabError } from '../errors.ts';
+import { UnknownFixtureError } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { exists } from '../util/fs.ts';
 import { describeValue, expectOneOf, expectPositiveInteger, expectString, isPlainObject } from '../util/validate.ts';
@@ -57,6 +57,8 @@ const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
 
+export { UnknownFixtureError };
+
 export const DEFAULT_BOOT_TIMEOUT_MS = { kvm: 120_000, tcg: 600_000 } as const;
 
 export function resolveSpec(spec: GuestSpec): ResolvedSpec {
@@ -109,17 +111,6 @@ function resolveNetworks(value: GuestSpec['networks']): ResolvedSpec['networks']
 function defaultName(image: string): string {
   const base = image.toLowerCase().replace(/[^a-z0-9-]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 50) || 'guest';
   return `${base}-${randomBytes(3).toString('hex')}`;
-}
-
-export class UnknownFixtureError extends GuestlabError {
-  override name = 'UnknownFixtureError';
-  constructor(fixture: string, known: string[], dirs: string[]) {
-    super(
-      `Unknown guest fixture "${fixture}". Known fixtures: ${known.length ? known.join(', ') : '(none)'}. ` +
-        `Add ${fixture}.yaml to one of: ${dirs.join(', ')} (or set GUESTLAB_FIXTURES_PATH).`,
-      { code: 'ERR_UNKNOWN_FIXTURE' },
-    );
-  }
 }
 
 /** Load fixtures/NAME.yaml as a GuestSpec; errors name the file and line. */
