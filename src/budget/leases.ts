@@ -15,7 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { readEnv } from '../env.ts';
 import { AbortedError, BudgetDeadlockError, BudgetExceededError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
+import { currentIdentity, isAlive, type ProcessIdentity } from '../host/process-identity.ts';
 import { withFileLock } from './lock.ts';
 import { ensureOwnedPrivateDir, writeFileAtomic } from '../util/owned-dir.ts';
 import { detectCpus, memoryNow, QEMU_OVERHEAD_MIB, residentMiB } from './limits.ts';

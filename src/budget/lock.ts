@@ -10,7 +10,7 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { AbortedError, LockTimeoutError } from '../errors.ts';
-import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
+import { currentIdentity, isAlive, type ProcessIdentity } from '../host/process-identity.ts';
 import { retryUntil } from '../util/retry.ts';
 
 interface LockRecord {
