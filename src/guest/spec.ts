@@ -2,6 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { checkCloudConfig } from '../cloud-init/user-data.ts';
 import { UnknownFixtureError } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { exists } from '../util/fs.ts';
@@ -73,6 +74,9 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
   if (spec.cloudConfig !== undefined && !isPlainObject(spec.cloudConfig)) {
     throw new TypeError(`Expected \`cloudConfig\` to be a plain object of cloud-config keys, got ${describeValue(spec.cloudConfig)}`);
   }
+  const user = spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name');
+  // Here and not only when the seed is written: after the sweep, an image build and a budget lease.
+  if (spec.cloudConfig) checkCloudConfig(spec.cloudConfig, user);
   return {
     image,
     cpus: spec.cpus === undefined ? 1 : expectPositiveInteger('cpus', spec.cpus, 64),
@@ -81,7 +85,7 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     name,
     accel: spec.accel === undefined ? 'auto' : expectOneOf('accel', spec.accel, ['auto', 'kvm', 'tcg'] as const),
     bootTimeoutMs: spec.bootTimeoutMs === undefined ? undefined : expectPositiveInteger('bootTimeoutMs', spec.bootTimeoutMs),
-    user: spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name'),
+    user,
     networks: resolveNetworks(spec.networks),
     // Last, and left out of JSON when unset: template keys of specs without it stay as they were.
     firmware: spec.firmware === undefined ? undefined : expectOneOf('firmware', spec.firmware, ['bios', 'uefi'] as const),
