@@ -60,6 +60,9 @@ const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
 
 export { UnknownFixtureError };
 
+/** The name of a spec file, fixtures/NAME.yaml. */
+export const FIXTURE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
 export const DEFAULT_BOOT_TIMEOUT_MS = { kvm: 120_000, tcg: 600_000 } as const;
 
 export function resolveSpec(spec: GuestSpec): ResolvedSpec {
@@ -119,7 +122,7 @@ function defaultName(image: string): string {
 
 /** Load fixtures/NAME.yaml as a GuestSpec; errors name the file and line. */
 export async function loadFixture(fixture: string, dirs = guestlabPaths().fixtureDirs): Promise<GuestSpec> {
-  const candidates = /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(fixture)
+  const candidates = FIXTURE_NAME.test(fixture)
     ? dirs.flatMap((dir) => [path.join(dir, `${fixture}.yaml`), path.join(dir, `${fixture}.yml`)])
     : [];
   for (const file of candidates) {
