@@ -9,7 +9,7 @@ import { EnvironmentError, type EnvironmentProblem } from './errors.ts';
 
 type Env = Readonly<Record<string, string | undefined>>;
 
-/** A parsed value, or what is wrong with the text (completes "GUESTLAB_X is "text", ..."). */
+/** A parsed value, or what is wrong with the text (completes "GUESTLAB_KEEP is "text", ..."). */
 type Parsed<T> = { value: T } | { problem: string };
 
 interface Variable<T> {
@@ -140,7 +140,7 @@ export type EnvValue<N extends EnvName> = (typeof ENVIRONMENT)[N] extends Variab
 
 function check<N extends EnvName>(name: N, env: Env): { value: EnvValue<N> | undefined; problem?: EnvironmentProblem } {
   const text = env[name];
-  // Empty is unset: `GUESTLAB_X= npm test` switches a variable off, as it always did.
+  // Empty is unset: `GUESTLAB_KEEP= npm test` switches a variable off, as it always did.
   if (text === undefined || text === '') return { value: undefined };
   const variable: Variable<unknown> = ENVIRONMENT[name];
   const parsed = variable.parse(text);
