@@ -7,7 +7,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { dir } from 'tmp-promise';
 import { describe, expect, test } from 'vitest';
-import { checkDependencies, type DependencyRules } from './dependency-check.ts';
+import { checkDependencies, importedPackages, type DependencyRules } from './dependency-check.ts';
 
 const RULES: DependencyRules = {
   modules: {
@@ -63,6 +63,12 @@ const format = (violations: Awaited<ReturnType<typeof checkDependencies>>) => vi
 describe('dependencies', () => {
   test('every import in src/ keeps the allow-list, and no folders import each other', async () => {
     expect(format(await checkDependencies(path.resolve('src'), RULES))).toEqual([]);
+  });
+
+  test('src/ imports exactly the runtime dependencies package.json declares (tests\' packages stay dev dependencies)', async () => {
+    const manifest = JSON.parse(await fs.readFile('package.json', 'utf8')) as Record<string, Record<string, string> | undefined>;
+    const runtime = [...Object.keys(manifest.dependencies ?? {}), ...Object.keys(manifest.peerDependencies ?? {})].sort();
+    expect(await importedPackages(path.resolve('src'))).toEqual(runtime);
   });
 
   test('the check fails on a forbidden import, a forbidden package, a tool run elsewhere and a cycle, naming file, import and rule', async () => {

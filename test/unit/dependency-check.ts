@@ -106,6 +106,16 @@ export async function checkDependencies(root: string, rules: DependencyRules): P
   return violations;
 }
 
+/** The npm packages (not node: builtins) the .ts files below `root` import. */
+export async function importedPackages(root: string): Promise<string[]> {
+  const names = new Set<string>();
+  for (const file of (await fs.readdir(root, { recursive: true })).filter((f) => f.endsWith('.ts'))) {
+    const source = ts.createSourceFile(file, await fs.readFile(path.join(root, file), 'utf8'), ts.ScriptTarget.Latest, true);
+    for (const { specifier } of importsOf(source)) if (!specifier.startsWith('.') && !specifier.startsWith('node:')) names.add(packageOf(specifier));
+  }
+  return [...names].sort();
+}
+
 /** Static imports and re-exports (types included) and dynamic import() with a literal specifier. */
 function importsOf(source: ts.SourceFile): Import[] {
   const found: Import[] = [];
