@@ -124,7 +124,8 @@ describe('the registry is the only list', () => {
   test('the README\'s Environment table names exactly the registered variables', async () => {
     const readme = await fs.readFile('README.md', 'utf8');
     const table = readme.slice(readme.indexOf('## Environment'), readme.indexOf('\n## ', readme.indexOf('## Environment') + 1));
-    const documented = new Set([...table.matchAll(/`(GUESTLAB_[A-Z_]+)/g)].map((m) => m[1]));
+    const rows = table.split('\n').filter((line) => line.startsWith('| `'));
+    const documented = new Set(rows.flatMap((row) => [...row.matchAll(/`(GUESTLAB_[A-Z_]+)/g)].map((m) => m[1])));
     expect([...documented].sort()).toEqual(Object.keys(ENVIRONMENT).sort());
   });
 
