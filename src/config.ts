@@ -1,6 +1,7 @@
 // Where guestlab keeps things, from the environment. Read lazily so tests can set variables.
 import os from 'node:os';
 import path from 'node:path';
+import { readEnv } from './env.ts';
 
 export interface GuestlabPaths {
   /** Root of the cache: images live in `images/` below it. */
@@ -19,21 +20,17 @@ const packageRoot = path.resolve(import.meta.dirname, '..');
 
 export function guestlabPaths(env: NodeJS.ProcessEnv = process.env): GuestlabPaths {
   const xdgCache = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
-  const cacheDir = path.resolve(env.GUESTLAB_CACHE_DIR || path.join(xdgCache, 'guestlab'));
-  const userRecipes = splitList(env.GUESTLAB_IMAGES_PATH);
-  const userFixtures = splitList(env.GUESTLAB_FIXTURES_PATH);
+  const cacheDir = readEnv('GUESTLAB_CACHE_DIR', env) ?? path.resolve(xdgCache, 'guestlab');
+  const userRecipes = readEnv('GUESTLAB_IMAGES_PATH', env) ?? [];
+  const userFixtures = readEnv('GUESTLAB_FIXTURES_PATH', env) ?? [];
   return {
     cacheDir,
     imagesDir: path.join(cacheDir, 'images'),
-    instancesDir: path.resolve(env.GUESTLAB_INSTANCES_DIR || path.join(cacheDir, 'instances')),
+    instancesDir: readEnv('GUESTLAB_INSTANCES_DIR', env) ?? path.join(cacheDir, 'instances'),
     // The project's own images/ first, so a project can override a shipped recipe by name.
     recipeDirs: dedupe([...userRecipes, path.resolve('images'), path.join(packageRoot, 'images')]),
     fixtureDirs: dedupe([...userFixtures, path.resolve('fixtures')]),
   };
-}
-
-function splitList(value: string | undefined): string[] {
-  return (value ?? '').split(path.delimiter).filter(Boolean).map((p) => path.resolve(p));
 }
 
 function dedupe(list: string[]): string[] {

@@ -1,10 +1,9 @@
 // A debug-style logger: `GUESTLAB_DEBUG=1` (or DEBUG=guestlab*) prints every line; progress and
-// warnings always go to stderr. Never pass keys or user-data here.
-const debugEnabled = (() => {
-  const flag = process.env.GUESTLAB_DEBUG;
-  if (flag && flag !== '0' && flag !== 'false') return true;
-  return /(^|,)\s*guestlab(\*|:|,|$)/.test(process.env.DEBUG ?? '');
-})();
+// warnings always go to stderr. Never pass keys or user-data here. The logger never throws over a
+// bad variable (peekEnv): validateEnvironment() at the entry points reports it.
+import { peekEnv } from './env.ts';
+
+const debugEnabled = peekEnv('GUESTLAB_DEBUG') === true || /(^|,)\s*guestlab(\*|:|,|$)/.test(process.env.DEBUG ?? '');
 
 export interface Logger {
   debug(message: string): void;
@@ -21,7 +20,7 @@ export function createLogger(prefix = 'guestlab', sink: (line: string) => void =
       if (debugEnabled) sink(`[${prefix}] ${stamp()} ${message}`);
     },
     info(message) {
-      if (debugEnabled || process.env.GUESTLAB_QUIET !== '1') sink(`[${prefix}] ${message}`);
+      if (debugEnabled || peekEnv('GUESTLAB_QUIET') !== true) sink(`[${prefix}] ${message}`);
     },
     warn(message) {
       sink(`[${prefix}] warning: ${message}`);

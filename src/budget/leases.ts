@@ -12,9 +12,10 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readEnv } from '../env.ts';
 import { AbortedError, BudgetDeadlockError, BudgetExceededError } from '../errors.ts';
 import type { Logger } from '../log.ts';
-import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
+import { currentIdentity, isAlive, type ProcessIdentity } from '../host/process-identity.ts';
 import { withFileLock } from './lock.ts';
 import { ensureOwnedPrivateDir, writeFileAtomic } from '../util/owned-dir.ts';
 import { detectCpus, memoryNow, QEMU_OVERHEAD_MIB, residentMiB } from './limits.ts';
@@ -47,7 +48,8 @@ export interface Lease {
  * image caches of their own still share one host. Never a shared path in /tmp.
  */
 export function budgetDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.GUESTLAB_BUDGET_DIR) return path.resolve(env.GUESTLAB_BUDGET_DIR);
+  const chosen = readEnv('GUESTLAB_BUDGET_DIR', env);
+  if (chosen !== undefined) return chosen;
   const base = env.XDG_RUNTIME_DIR || env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
   return path.join(base, 'guestlab', 'budget');
 }
@@ -137,14 +139,6 @@ export async function budgetSnapshot(dir: string, log?: Logger) {
   return { leases, queue: queueRecords, cpus, memory, memoryFreeMiB: free, wholeMemoryMiB };
 }
 
-function cpuOvercommit(): number {
-  const raw = process.env.GUESTLAB_BUDGET_CPU_OVERCOMMIT;
-  if (raw === undefined || raw === '') return DEFAULT_CPU_OVERCOMMIT;
-  const value = Number(raw);
-  if (!/^\d+(\.\d+)?$/.test(raw) || value < 1) throw new TypeError(`Expected GUESTLAB_BUDGET_CPU_OVERCOMMIT to be a number of at least 1, got ${JSON.stringify(raw)}`);
-  return value;
-}
-
 export interface AcquireOptions {
   guest: string;
   cpus: number;
@@ -159,7 +153,7 @@ export interface AcquireOptions {
 
 /** Wait for room in the budget and take a lease. Fails at once if the request can never fit. */
 export async function acquireLease(options: AcquireOptions): Promise<Lease> {
-  const overcommit = cpuOvercommit();
+  const overcommit = readEnv('GUESTLAB_BUDGET_CPU_OVERCOMMIT') ?? DEFAULT_CPU_OVERCOMMIT;
   const owner = currentIdentity();
   const id = `${Date.now().toString().padStart(15, '0')}-${process.pid}-${randomBytes(4).toString('hex')}`;
   const request: LeaseRecord = { id, owner, guest: options.guest, cpus: options.cpus, memoryMiB: options.memoryMiB + QEMU_OVERHEAD_MIB, createdAt: Date.now() };
@@ -173,6 +167,9 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
   await prepareDir(dir);
   await writeFileAtomic(ticket(), JSON.stringify(request));
   try {
+    // Not retryUntil(): an admission has no deadline by design. A full budget empties as other
+    // guests stop, however long their tests run; what ends a wait early is a request that can never
+    // fit (BudgetExceededError), a deadlock (BudgetDeadlockError) or the caller's signal.
     for (;;) {
       if (options.signal?.aborted) throw new AbortedError(`Waiting for the CPU/memory budget for ${options.guest}`, { cause: options.signal.reason });
       const outcome = await withBudgetLock(async () => {

@@ -2,8 +2,8 @@
 // environment. Pure parsers are exported for tests.
 import fs from 'node:fs/promises';
 import os from 'node:os';
+import { readEnv } from '../env.ts';
 import { memAvailableMiB } from '../host/probe.ts';
-import { expectPositiveInteger } from '../util/validate.ts';
 
 export interface BudgetLimits {
   cpus: number;
@@ -73,13 +73,6 @@ async function cgroupMemoryRoomMiB(): Promise<number> {
   return room;
 }
 
-function envNumber(env: NodeJS.ProcessEnv, name: string): number | undefined {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return undefined;
-  if (!/^\d+$/.test(raw.trim())) throw new TypeError(`Expected ${name} to be a positive whole number, got ${JSON.stringify(raw)}; unset it to use what the host has.`);
-  return expectPositiveInteger(name, Number(raw));
-}
-
 export interface MemoryNow {
   /** Memory the host could give a new program now: MemAvailable, or the cgroup's room if tighter. */
   availableMiB: number;
@@ -101,7 +94,7 @@ export async function detectLimits(env: NodeJS.ProcessEnv = process.env): Promis
 }
 
 export async function detectCpus(env: NodeJS.ProcessEnv = process.env): Promise<{ cpus: number; source: string }> {
-  const override = envNumber(env, 'GUESTLAB_BUDGET_CPUS');
+  const override = readEnv('GUESTLAB_BUDGET_CPUS', env);
   if (override !== undefined) return { cpus: override, source: 'GUESTLAB_BUDGET_CPUS' };
   const quota = await cgroupCpuQuota();
   const cores = os.availableParallelism();
@@ -110,8 +103,8 @@ export async function detectCpus(env: NodeJS.ProcessEnv = process.env): Promise<
 
 /** Read afresh at every admission: memory that other programs take is seen at once. */
 export async function memoryNow(env: NodeJS.ProcessEnv = process.env): Promise<MemoryNow> {
-  const fixedMiB = envNumber(env, 'GUESTLAB_BUDGET_MEMORY_MIB');
-  const reserveMiB = fixedMiB === undefined ? (envNumber(env, 'GUESTLAB_HOST_RESERVE_MIB') ?? DEFAULT_HOST_RESERVE_MIB) : 0;
+  const fixedMiB = readEnv('GUESTLAB_BUDGET_MEMORY_MIB', env);
+  const reserveMiB = fixedMiB === undefined ? (readEnv('GUESTLAB_HOST_RESERVE_MIB', env) ?? DEFAULT_HOST_RESERVE_MIB) : 0;
   const available = await memAvailableMiB();
   const cgroupRoom = await cgroupMemoryRoomMiB();
   const availableMiB = Math.min(available, cgroupRoom);

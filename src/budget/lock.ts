@@ -9,9 +9,9 @@
 // (else put the live one back), then take the lock as usual.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortedError, LockTimeoutError } from '../errors.ts';
-import { currentIdentity, isAlive, type ProcessIdentity } from '../reaper/identity.ts';
+import { currentIdentity, isAlive, type ProcessIdentity } from '../host/process-identity.ts';
+import { retryUntil } from '../util/retry.ts';
 
 interface LockRecord {
   owner: ProcessIdentity;
@@ -68,15 +68,24 @@ async function takeOverIfDead(file: string): Promise<void> {
 /** Runs `fn` holding the lock kept at `file`. */
 export async function withFileLock<T>(file: string, options: FileLockOptions, fn: () => Promise<T>): Promise<T> {
   const record: LockRecord = { owner: currentIdentity(), token: randomBytes(8).toString('hex') };
-  const deadline = Date.now() + (options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-  while (!(await tryTake(file, record))) {
-    if (options.signal?.aborted) throw new AbortedError(`Waiting for lock ${file}`, { cause: options.signal.reason });
-    await takeOverIfDead(file);
-    if (Date.now() >= deadline) {
-      const holder = await readRecord(file);
-      throw new LockTimeoutError(`Timed out after ${options.timeoutMs ?? DEFAULT_TIMEOUT_MS} ms waiting for lock ${file}, held by process ${holder?.owner.pid ?? '(unknown)'}.`);
-    }
-    await sleep(options.pollMs ?? 5 + Math.random() * 20);
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  // Each waiter polls at its own pace (5-25 ms), so that waiters do not retry in lockstep.
+  const pollMs = options.pollMs ?? 5 + Math.random() * 20;
+  const { signal } = options;
+  // Busy is retried until the deadline; any other error (the directory is gone, EACCES) ends the wait.
+  const busy = new Error('the lock is held');
+  if (signal?.aborted) throw new AbortedError(`Waiting for lock ${file}`, { cause: signal.reason });
+  try {
+    await retryUntil(async () => {
+      if (await tryTake(file, record)) return;
+      await takeOverIfDead(file);
+      throw busy;
+    }, { deadline: Date.now() + timeoutMs, signal, isFinal: (error) => error !== busy, minDelayMs: pollMs, maxDelayMs: pollMs, factor: 1 });
+  } catch (error) {
+    if (signal?.aborted && error === signal.reason) throw new AbortedError(`Waiting for lock ${file}`, { cause: signal.reason });
+    if (error !== busy) throw error;
+    const holder = await readRecord(file);
+    throw new LockTimeoutError(`Timed out after ${timeoutMs} ms waiting for lock ${file}, held by process ${holder?.owner.pid ?? '(unknown)'}.`);
   }
   try {
     return await fn();

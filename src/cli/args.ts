@@ -2,6 +2,7 @@
 // each command declares its options and arguments next to its code, and a command runs only on
 // arguments that passed every check, so a refused command line has done nothing.
 import { parseArgs } from 'node:util';
+import { validateEnvironment } from '../env.ts';
 
 export interface OptionSpec {
   type: 'boolean' | 'string';
@@ -67,6 +68,8 @@ export function command<const O extends OptionSpecs>(spec: CommandSpec<O>, run: 
         console.log(helpText(spec));
         return 0;
       }
+      // The command line is right; the environment is checked next, before the command does anything.
+      validateEnvironment(process.env, (message) => console.error(`guestlab: warning: ${message}`));
       return run(parsed);
     },
   };

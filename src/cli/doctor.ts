@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { detectLimits } from '../budget/limits.ts';
 import { guestlabPaths } from '../config.ts';
+import { readEnv } from '../env.ts';
 import { assessCi, formatDoctor, runDoctor, type CiFacts, type CiImageState } from '../host/doctor.ts';
 import { entryHash, imageDirName, readManifest } from '../images/builder.ts';
 import { listImageFiles, loadEntry } from '../images/catalog.ts';
@@ -42,7 +43,7 @@ export const doctor = command(
     const report = await runDoctor();
     if (values.ci) {
       const { text, problems } = assessCi(report, await ciFacts(), {
-        requireKvm: values['require-kvm'] || process.env.GUESTLAB_REQUIRE_KVM === '1',
+        requireKvm: values['require-kvm'] || readEnv('GUESTLAB_REQUIRE_KVM') === true,
         requireImages: values['require-images']?.split(',') ?? [],
         github: process.env.GITHUB_ACTIONS === 'true',
       });

@@ -1,6 +1,6 @@
 // The `guestlab` command: finds the command named on the command line and runs it. Each command's
 // arguments, usage text and code live together in its module (doctor, image, instances, budget).
-import { GuestlabError } from '../errors.ts';
+import { EnvironmentError, GuestlabError } from '../errors.ts';
 import { command, helpText, overviewLines, UsageError, type Command } from './args.ts';
 import { budget } from './budget.ts';
 import { doctor } from './doctor.ts';
@@ -95,6 +95,10 @@ export async function main(argv: string[]): Promise<number> {
   } catch (error) {
     if (error instanceof UsageError) {
       console.error(`guestlab ${error.message}`);
+      return 2;
+    }
+    if (error instanceof EnvironmentError) {
+      console.error(`guestlab: ${error.message}`);
       return 2;
     }
     if (error instanceof GuestlabError || error instanceof TypeError) {

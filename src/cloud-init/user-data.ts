@@ -57,21 +57,69 @@ export function baseCloudConfig(input: SeedInput): Record<string, unknown> {
 }
 
 /**
- * Merge a user's cloud-config into the base one: mappings merge key by key, lists are appended
- * (so `users`, `write_files`, `runcmd` add to what guestlab sets), other values replace.
+ * What a spec's cloudConfig may not do, checked by resolveSpec() before anything starts and again
+ * when the seed is rendered: set a key guestlab owns, or give `users` a form that would drop or
+ * redefine guestlab's login user `user` (the boot would then wait for a login that never works).
  */
-export function mergeCloudConfig(base: Record<string, unknown>, extra: Record<string, unknown>, at = ''): Record<string, unknown> {
-  const merged: Record<string, unknown> = { ...base };
-  for (const [key, value] of Object.entries(extra)) {
-    const here = at ? `${at}.${key}` : key;
-    if (!at && (RESERVED_CLOUD_CONFIG_KEYS as readonly string[]).includes(key)) {
+export function checkCloudConfig(cloudConfig: Record<string, unknown>, user: string): void {
+  for (const key of RESERVED_CLOUD_CONFIG_KEYS) {
+    if (key in cloudConfig) {
       throw new TypeError(
         `\`cloudConfig.${key}\` cannot be set: guestlab injects a per-guest host key and pins it. ` +
           'Remove it from cloudConfig; read the pinned key from guest.ssh.hostKey.',
       );
     }
+  }
+  if (cloudConfig.users === undefined) return;
+  const entries = userEntries(cloudConfig.users);
+  entries.forEach((entry, i) => {
+    const where = typeof cloudConfig.users === 'string' ? '`cloudConfig.users`' : `\`cloudConfig.users[${i}]\``;
+    const name = typeof entry === 'string' ? entry : isPlainObject(entry) ? entry.name : undefined;
+    if (typeof name !== 'string' || name === '') {
+      throw new TypeError(`${where} must be 'default', a user name or a mapping with a \`name\` (cloud-init's users format), got ${JSON.stringify(entry)}`);
+    }
+    if (name === user) {
+      throw new TypeError(
+        `${where} redefines "${user}", guestlab's login user, which guestlab creates with its per-guest key and passwordless sudo. ` +
+          'Give your user another name, or pick the login user\'s name with the spec\'s `user` option.',
+      );
+    }
+  });
+}
+
+/** cloud-init's `users`: a comma-separated string of names, or a list of names and mappings. */
+function userEntries(users: unknown): unknown[] {
+  if (typeof users === 'string') return users.split(',').map((name) => name.trim()).filter(Boolean);
+  if (Array.isArray(users)) return users;
+  throw new TypeError(
+    `\`cloudConfig.users\` must be a list (or a comma-separated string) of 'default', user names and { name, ... } mappings, got ${JSON.stringify(users)}; ` +
+      "cloud-init's mapping form is deprecated. Write e.g. users: ['default', { name: 'alice' }].",
+  );
+}
+
+/**
+ * guestlab's users and the spec's in one list. A `default` entry (the image's default user) goes
+ * first, once, where cloud-init's documentation puts it; then guestlab's own user, so that neither
+ * `users: default` nor a list of other users can leave the guest without it; then the spec's users.
+ */
+function mergeUsers(base: unknown, extra: unknown): unknown[] {
+  const all = [...userEntries(base ?? []), ...userEntries(extra)];
+  const rest = all.filter((entry) => entry !== 'default');
+  return rest.length < all.length ? ['default', ...rest] : rest;
+}
+
+/**
+ * Merge a user's cloud-config into the base one: mappings merge key by key, lists are appended
+ * (so `write_files`, `runcmd` add to what guestlab sets), other values replace. `users` always
+ * keeps guestlab's own user (mergeUsers).
+ */
+export function mergeCloudConfig(base: Record<string, unknown>, extra: Record<string, unknown>, at = ''): Record<string, unknown> {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(extra)) {
+    const here = at ? `${at}.${key}` : key;
     const current = merged[key];
-    if (Array.isArray(current) && Array.isArray(value)) merged[key] = [...current, ...value];
+    if (!at && key === 'users') merged[key] = mergeUsers(current, value);
+    else if (Array.isArray(current) && Array.isArray(value)) merged[key] = [...current, ...value];
     else if (isPlainObject(current) && isPlainObject(value)) merged[key] = mergeCloudConfig(current, value, here);
     else merged[key] = value;
   }
@@ -89,6 +137,7 @@ export function renderUserData(input: SeedInput): string {
   if (input.cloudConfig !== undefined && !isPlainObject(input.cloudConfig)) {
     throw new TypeError('Expected `cloudConfig` to be a plain object of cloud-config keys (packages, write_files, runcmd, ...)');
   }
+  if (input.cloudConfig) checkCloudConfig(input.cloudConfig, input.user);
   const config = mergeCloudConfig(baseCloudConfig(input), input.cloudConfig ?? {});
   return '#cloud-config\n' + stringify(config, { ...YAML_11, aliasDuplicateObjects: false });
 }

@@ -1,28 +1,14 @@
 // Waiting for a guest to reach a condition: a unit active, a port listening, a file present, a
 // console line, a command succeeding. Each is a poll (waits.ts) whose timeout shows what was last seen.
 import fs from 'node:fs/promises';
-import { GuestlabError } from '../errors.ts';
 import type { ExecResult } from '../exec-result.ts';
 import { describeUnitState, unitDiagnostics, unitState, type UnitState } from '../inspect/units.ts';
 import { formatSocket, listeningSockets, type ListeningSocket } from '../inspect/sockets.ts';
 import { describeValue, expectOneOf, expectPositiveInteger } from '../util/validate.ts';
 import { describeCommand, toArgv, type ArgvOrScript } from './commands.ts';
 import type { ExecOptions } from './types.ts';
-import { pollUntil, WaitTimeoutError, type PollTarget, type WaitOptions } from './waits.ts';
-
-/** A unit waited for entered the failed state (systemd) or crashed (OpenRC). */
-export class UnitFailedError extends GuestlabError {
-  override name = 'UnitFailedError';
-  readonly unit: string;
-  readonly state: UnitState;
-  readonly diagnostics: string;
-  constructor(guest: string, unit: string, state: UnitState, diagnostics: string) {
-    super(`Guest ${guest}: unit ${unit} failed (${describeUnitState(state)}).\n${diagnostics}`, { code: 'ERR_UNIT_FAILED' });
-    this.unit = unit;
-    this.state = state;
-    this.diagnostics = diagnostics;
-  }
-}
+import { pollUntil, type PollTarget, type WaitOptions } from './waits.ts';
+import { UnitFailedError, WaitTimeoutError } from '../errors.ts';
 
 /** What the waits need of a guest. */
 export interface WaitingGuest extends PollTarget {

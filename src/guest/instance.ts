@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { GuestlabError } from '../errors.ts';
-import { currentIdentity } from '../reaper/identity.ts';
+import { currentIdentity } from '../host/process-identity.ts';
 import { OWNER_FILE, type OwnerRecord } from '../reaper/sweep.ts';
 import { makePrivateDir } from '../util/fs.ts';
 

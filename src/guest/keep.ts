@@ -1,17 +1,13 @@
 // Keeping a guest up after a failed test (GUESTLAB_KEEP=on-failure), and the commands to get in.
+import { readEnv } from '../env.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 import type { SshInfo } from './types.ts';
 
 export type KeepMode = 'never' | 'on-failure';
 
-const MODES: readonly KeepMode[] = ['never', 'on-failure'];
-
 /** GUESTLAB_KEEP: `on-failure` keeps a guest whose test failed running for inspection. */
 export function keepMode(): KeepMode {
-  const raw = process.env.GUESTLAB_KEEP;
-  if (raw === undefined || raw === '') return 'never';
-  if ((MODES as readonly string[]).includes(raw)) return raw as KeepMode;
-  throw new TypeError(`GUESTLAB_KEEP must be one of ${MODES.join(', ')}, got ${JSON.stringify(raw)}; unset it to stop guests after every test.`);
+  return readEnv('GUESTLAB_KEEP') ?? 'never';
 }
 
 /** The ssh(1) command line that reaches the guest with its own key and pinned host key. */

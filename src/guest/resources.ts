@@ -4,7 +4,6 @@
 // for a stopped guest and a failed start alike.
 import fs from 'node:fs/promises';
 import type { Lease } from '../budget/leases.ts';
-import { GuestlabError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { GuestNetwork } from '../network/network.ts';
 import { closeQemu } from '../qemu/close.ts';
@@ -13,6 +12,7 @@ import type { QemuProcess } from '../qemu/process.ts';
 import type { SshSession } from '../ssh/session.ts';
 import type { InstanceDir } from './instance.ts';
 import { unregisterLive } from './registry.ts';
+import { DiskFullError } from '../errors.ts';
 
 export interface GuestResources {
   log: Logger;
@@ -29,17 +29,6 @@ export interface GuestResources {
 
 /** The resources of a guest that is up. */
 export type RunningResources = Required<Pick<GuestResources, 'instance' | 'qemu' | 'monitor' | 'session'>> & GuestResources;
-
-export class DiskFullError extends GuestlabError {
-  override name = 'DiskFullError';
-  constructor(guest: string, dir: string) {
-    super(
-      `The host disk holding guest ${guest}'s overlay (${dir}) is full; QEMU paused the guest. ` +
-        'Free space there or point GUESTLAB_INSTANCES_DIR at a larger disk; the guest cannot continue.',
-      { code: 'ERR_DISK_FULL' },
-    );
-  }
-}
 
 /** Gives back whatever exists: SSH, QEMU (quit, grace, kill), network ports, the directory, then the lease. */
 export async function releaseResources(resources: GuestResources): Promise<void> {

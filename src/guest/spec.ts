@@ -2,7 +2,8 @@
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { GuestlabError } from '../errors.ts';
+import { checkCloudConfig } from '../cloud-init/user-data.ts';
+import { UnknownFixtureError } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { exists } from '../util/fs.ts';
 import { describeValue, expectOneOf, expectPositiveInteger, expectString, isPlainObject } from '../util/validate.ts';
@@ -57,6 +58,11 @@ const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
 
+export { UnknownFixtureError };
+
+/** The name of a spec file, fixtures/NAME.yaml. */
+export const FIXTURE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
 export const DEFAULT_BOOT_TIMEOUT_MS = { kvm: 120_000, tcg: 600_000 } as const;
 
 export function resolveSpec(spec: GuestSpec): ResolvedSpec {
@@ -71,6 +77,9 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
   if (spec.cloudConfig !== undefined && !isPlainObject(spec.cloudConfig)) {
     throw new TypeError(`Expected \`cloudConfig\` to be a plain object of cloud-config keys, got ${describeValue(spec.cloudConfig)}`);
   }
+  const user = spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name');
+  // Here and not only when the seed is written: after the sweep, an image build and a budget lease.
+  if (spec.cloudConfig) checkCloudConfig(spec.cloudConfig, user);
   return {
     image,
     cpus: spec.cpus === undefined ? 1 : expectPositiveInteger('cpus', spec.cpus, 64),
@@ -79,7 +88,7 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     name,
     accel: spec.accel === undefined ? 'auto' : expectOneOf('accel', spec.accel, ['auto', 'kvm', 'tcg'] as const),
     bootTimeoutMs: spec.bootTimeoutMs === undefined ? undefined : expectPositiveInteger('bootTimeoutMs', spec.bootTimeoutMs),
-    user: spec.user === undefined ? 'guestlab' : expectString('user', spec.user, USERNAME, 'use a lowercase Unix user name'),
+    user,
     networks: resolveNetworks(spec.networks),
     // Last, and left out of JSON when unset: template keys of specs without it stay as they were.
     firmware: spec.firmware === undefined ? undefined : expectOneOf('firmware', spec.firmware, ['bios', 'uefi'] as const),
@@ -111,20 +120,9 @@ function defaultName(image: string): string {
   return `${base}-${randomBytes(3).toString('hex')}`;
 }
 
-export class UnknownFixtureError extends GuestlabError {
-  override name = 'UnknownFixtureError';
-  constructor(fixture: string, known: string[], dirs: string[]) {
-    super(
-      `Unknown guest fixture "${fixture}". Known fixtures: ${known.length ? known.join(', ') : '(none)'}. ` +
-        `Add ${fixture}.yaml to one of: ${dirs.join(', ')} (or set GUESTLAB_FIXTURES_PATH).`,
-      { code: 'ERR_UNKNOWN_FIXTURE' },
-    );
-  }
-}
-
 /** Load fixtures/NAME.yaml as a GuestSpec; errors name the file and line. */
 export async function loadFixture(fixture: string, dirs = guestlabPaths().fixtureDirs): Promise<GuestSpec> {
-  const candidates = /^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(fixture)
+  const candidates = FIXTURE_NAME.test(fixture)
     ? dirs.flatMap((dir) => [path.join(dir, `${fixture}.yaml`), path.join(dir, `${fixture}.yml`)])
     : [];
   for (const file of candidates) {

@@ -1,5 +1,6 @@
 // startGuest(): a fresh boot, image -> disk -> seed -> QEMU -> ready, as the steps in launch/boot.ts.
 // Clones of a template (template.ts) run the steps in launch/clone.ts.
+import { validateEnvironment } from '../env.ts';
 import { log as rootLog } from '../log.ts';
 import { FRESH_BOOT } from './launch/boot.ts';
 import { launch } from './launch/launch.ts';
@@ -21,6 +22,11 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
   return guest;
 }
 
+/**
+ * The spec checked and completed, and every GUESTLAB_* variable checked with it: the first thing a
+ * start does, before anything is swept, built, leased or written.
+ */
 export async function specFrom(specOrFixture: GuestSpec | string): Promise<ResolvedSpec> {
+  validateEnvironment(process.env, (message) => rootLog.warn(message));
   return resolveSpec(typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture);
 }

@@ -30,8 +30,7 @@ import { timeoutScale, type WaitOptions } from './waits.ts';
 
 export type { ExecResult };
 export type { BootTimings, ExecOptions, GuestNetworkInfo, SshInfo } from './types.ts';
-export { UnitFailedError } from './conditions.ts';
-export { DiskFullError } from './resources.ts';
+export { DiskFullError, UnitFailedError } from '../errors.ts';
 
 /** What a launch hands to the StartedGuest it makes. */
 export interface StartedGuestInit {

@@ -2,7 +2,8 @@
 // last seen. Default deadlines are scaled by the accelerator (TCG runs guests several times
 // slower than KVM), see timeoutScale().
 import { setTimeout as sleep } from 'node:timers/promises';
-import { AbortedError, GuestlabError } from '../errors.ts';
+import { readEnv } from '../env.ts';
+import { AbortedError, WaitTimeoutError } from '../errors.ts';
 import type { Accel } from '../qemu/argv.ts';
 import { expectPositiveInteger } from '../util/validate.ts';
 
@@ -14,18 +15,6 @@ export interface WaitOptions {
   signal?: AbortSignal;
 }
 
-/** A wait ran out of time; `lastSeen` is what the last probe found. */
-export class WaitTimeoutError extends GuestlabError {
-  override name = 'WaitTimeoutError';
-  readonly lastSeen: string;
-  readonly timeoutMs: number;
-  constructor(guest: string, what: string, timeoutMs: number, lastSeen: string) {
-    super(`Guest ${guest}: timed out after ${timeoutMs} ms waiting for ${what}.\n--- last seen ---\n${lastSeen.trim() || '(nothing)'}`, { code: 'ERR_WAIT_TIMEOUT' });
-    this.lastSeen = lastSeen;
-    this.timeoutMs = timeoutMs;
-  }
-}
-
 export const DEFAULT_WAIT_MS = 30_000;
 const TCG_SCALE = 5;
 
@@ -34,13 +23,7 @@ const TCG_SCALE = 5;
  * (a positive number) when set.
  */
 export function timeoutScale(accel: Accel): number {
-  const raw = process.env.GUESTLAB_TIMEOUT_SCALE;
-  if (raw) {
-    const value = Number(raw);
-    if (!(value > 0)) throw new TypeError(`GUESTLAB_TIMEOUT_SCALE must be a positive number, got ${JSON.stringify(raw)}`);
-    return value;
-  }
-  return accel === 'kvm' ? 1 : TCG_SCALE;
+  return readEnv('GUESTLAB_TIMEOUT_SCALE') ?? (accel === 'kvm' ? 1 : TCG_SCALE);
 }
 
 /** One look at the guest: either done (with a value) or not yet (with what was seen). */

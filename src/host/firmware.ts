@@ -2,6 +2,7 @@
 // give a disk its own bootloader (syslinux for BIOS, systemd-boot for UEFI, FAT tools, sfdisk).
 import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
+import { readEnv } from '../env.ts';
 import { HostRequirementError } from '../errors.ts';
 import { findExecutable } from './probe.ts';
 
@@ -31,7 +32,8 @@ const readable = (file: string) => fs.access(file, fsConstants.R_OK).then(() => 
  * the first installed pair. A missing firmware is an error that says what to install.
  */
 export async function findOvmf(env: NodeJS.ProcessEnv = process.env): Promise<OvmfFiles> {
-  const { GUESTLAB_OVMF_CODE: code, GUESTLAB_OVMF_VARS: vars } = env;
+  const code = readEnv('GUESTLAB_OVMF_CODE', env);
+  const vars = readEnv('GUESTLAB_OVMF_VARS', env);
   if (code || vars) {
     if (!code || !vars) throw new HostRequirementError('Set both GUESTLAB_OVMF_CODE and GUESTLAB_OVMF_VARS (the firmware code and its variable store), or neither.');
     for (const file of [code, vars]) if (!(await readable(file))) throw new HostRequirementError(`OVMF file ${file} (from GUESTLAB_OVMF_CODE/VARS) cannot be read.`);

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { GuestlabError } from '../errors.ts';
+import { GuestlabError, UnknownImageError } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { isPlainObject } from '../util/validate.ts';
 import { loadYamlFile, type YamlFile } from '../util/yaml-file.ts';
@@ -14,7 +14,7 @@ import { IMAGE_NAME, listRecipes, loadRecipe, type ImageRecipe } from './recipe.
 
 /** Every image file visible from here, first directory wins (recipes and download entries alike). */
 export const listImageFiles = listRecipes;
-export { listRecipes };
+export { listRecipes, UnknownImageError };
 
 /** Which firmware QEMU boots a disk through: SeaBIOS (QEMU's default) or OVMF (UEFI). */
 export type Firmware = 'bios' | 'uefi';
@@ -42,21 +42,6 @@ export interface DownloadEntry {
 export type CatalogEntry = { kind: 'recipe'; name: string; recipe: ImageRecipe } | { kind: 'download'; name: string; download: DownloadEntry };
 
 const DOWNLOAD_KEYS = ['description', 'release', 'url', 'file', 'digest', 'checksums', 'format', 'firmware'];
-
-export class UnknownImageError extends GuestlabError {
-  override name = 'UnknownImageError';
-  readonly image: string;
-  readonly known: string[];
-  constructor(image: string, known: string[], dirs: string[]) {
-    super(
-      `Unknown image "${image}". Known images: ${known.length ? known.join(', ') : '(none)'}. ` +
-        `Add ${image}.yaml (a recipe, or a download entry with url/file and digest) to one of: ${dirs.join(', ')} (or set GUESTLAB_IMAGES_PATH).`,
-      { code: 'ERR_UNKNOWN_IMAGE' },
-    );
-    this.image = image;
-    this.known = known;
-  }
-}
 
 /** True when the YAML file is a download entry rather than a recipe. */
 export function isDownloadEntry(yaml: YamlFile): boolean {

@@ -11,22 +11,14 @@ import path from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import { AbortedError, GuestlabError } from '../errors.ts';
+import { readEnv } from '../env.ts';
+import { AbortedError, DownloadError, GuestlabError } from '../errors.ts';
 import { acquireLock } from '../util/lock.ts';
 import { findChecksum, formatDigest, parseDigest, type Digest } from './checksum.ts';
 import type { DownloadProgress } from './progress.ts';
 
 export { findChecksum, formatDigest, parseDigest, type Digest, type DigestAlgorithm } from './checksum.ts';
 export { formatProgress, type DownloadProgress } from './progress.ts';
-
-export class DownloadError extends GuestlabError {
-  override name = 'DownloadError';
-  readonly url: string;
-  constructor(url: string, message: string, options: { cause?: unknown } = {}) {
-    super(message, { ...options, code: 'ERR_DOWNLOAD' });
-    this.url = url;
-  }
-}
 
 export interface DownloadSource {
   /** What the user asked for (an image name), for messages. */
@@ -56,7 +48,7 @@ export interface PulledFile {
   downloaded: boolean;
 }
 
-const isOffline = (options: PullOptions) => options.offline ?? process.env.GUESTLAB_OFFLINE === '1';
+const isOffline = (options: PullOptions) => options.offline ?? readEnv('GUESTLAB_OFFLINE') === true;
 /** A file: URL (a user's local disk image) is read, never downloaded: offline mode allows it. */
 const isLocal = (url: string) => url.startsWith('file:');
 const inFlight = new Map<string, Promise<PulledFile>>();

@@ -1,6 +1,7 @@
 // Which package manager, service manager and socket tool a guest has: found with one fixed
 // script, once per executor, and remembered for the executor's lifetime.
-import { InspectError, lines, query, type GuestExecutor } from './executor.ts';
+import { InspectError } from '../errors.ts';
+import { lines, query, type GuestExecutor } from './executor.ts';
 
 export type PackageManager = 'dpkg' | 'rpm' | 'apk';
 export type ServiceManager = 'systemd' | 'openrc';

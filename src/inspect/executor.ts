@@ -1,7 +1,7 @@
 // What inspection needs from a guest: a name for messages and exec(). StartedGuest fits, and so
 // does a fake in unit tests. Commands go as argv; user input is never spliced into a script.
 import type { ExecOutput } from '../exec-result.ts';
-import { GuestCommandError, GuestlabError, tailLines } from '../errors.ts';
+import { GuestCommandError, InspectError, tailLines } from '../errors.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 
 export type { ExecOutput };
@@ -10,11 +10,6 @@ export interface GuestExecutor {
   /** The guest's name, for messages. */
   readonly name: string;
   exec(argv: string[], options?: { sudo?: boolean; timeoutMs?: number }): Promise<ExecOutput>;
-}
-
-/** The guest lacks the tools an inspection needs, or printed something guestlab cannot read. */
-export class InspectError extends GuestlabError {
-  override name = 'InspectError';
 }
 
 /**

@@ -1,6 +1,7 @@
 // Guest inspection: what is installed, listening, on disk, in passwd and running, read through
 // any executor (a StartedGuest) on Debian/Ubuntu, Fedora/Alma and Alpine alike.
-export { InspectError, type ExecOutput, type GuestExecutor } from './executor.ts';
+export { InspectError } from '../errors.ts';
+export type { ExecOutput, GuestExecutor } from './executor.ts';
 export { detectTools, type GuestTools, type PackageManager, type ServiceManager, type SocketTool } from './detect.ts';
 export { packageInfo, upstreamVersion, type PackageInfo } from './packages.ts';
 export { listeningSockets, formatSocket, type ListeningSocket } from './sockets.ts';

@@ -1,26 +1,13 @@
 // Service state: systemd units (`systemctl show`) or OpenRC services (`rc-service NAME status`),
 // and the text that explains a failed one (status plus recent log lines).
-import { tailLines } from '../errors.ts';
+import { describeUnitState, tailLines, type UnitState } from '../errors.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 import { expectString } from '../util/validate.ts';
-import { detectTools, required, type ServiceManager } from './detect.ts';
+import { detectTools, required } from './detect.ts';
 import { lines, query, type ExecOutput, type GuestExecutor } from './executor.ts';
 
-export interface UnitState {
-  manager: ServiceManager;
-  /** systemd: ActiveState is active or reloading. OpenRC: the status is "started". */
-  active: boolean;
-  /** systemd's ActiveState ("active", "inactive", "failed", ...) or OpenRC's status ("started", "stopped", "crashed", ...). */
-  state: string;
-  /** systemd's SubState ("running", "dead", "exited", ...). */
-  subState?: string;
-  /** systemd's Result ("success", "exit-code", "signal", ...). */
-  result?: string;
-  /** systemd's LoadState ("loaded", "not-found", "masked", ...). */
-  loadState?: string;
-  /** False for a unit or service that does not exist (or, under systemd, one that is masked or broken). */
-  loaded: boolean;
-}
+// The state type and its description live beside UnitFailedError, which carries them.
+export { describeUnitState, type UnitState };
 
 // Unit and service names: no leading dash (an option), no spaces or globs. "@", ":" and "\" occur
 // in systemd template instances ("getty@tty1", "mnt-a\x2db.mount").
@@ -64,16 +51,6 @@ export async function unitState(executor: GuestExecutor, name: string): Promise<
   return manager === 'systemd'
     ? query(executor, systemctlShowArgv(paths.systemctl!, name), parseSystemctlShow)
     : query(executor, [paths['rc-service']!, name, 'status'], parseRcServiceStatus, { sudo: true });
-}
-
-/** "ActiveState=failed, SubState=failed, Result=exit-code" or "status: crashed", for messages. */
-export function describeUnitState(unit: UnitState): string {
-  if (unit.manager === 'openrc') return unit.loaded ? `status: ${unit.state}` : 'no such service';
-  const parts = [`ActiveState=${unit.state}`];
-  if (unit.subState) parts.push(`SubState=${unit.subState}`);
-  if (unit.result) parts.push(`Result=${unit.result}`);
-  if (!unit.loaded) parts.push(`LoadState=${unit.loadState}`);
-  return parts.join(', ');
 }
 
 /**

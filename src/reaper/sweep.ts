@@ -6,7 +6,7 @@ import path from 'node:path';
 import { sweepLeases, type LeaseRecord } from '../budget/leases.ts';
 import { guestlabPaths } from '../config.ts';
 import { log as rootLog, type Logger } from '../log.ts';
-import { isAlive, processCmdline, type ProcessIdentity } from './identity.ts';
+import { isAlive, processCmdline, type ProcessIdentity } from '../host/process-identity.ts';
 
 /** Written into every instance directory before anything that could leak. */
 export const OWNER_FILE = 'owner.json';

@@ -3,8 +3,8 @@
 // OOM, crash). Every process and vitest worker in this network namespace sees the same names.
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { AbortedError, LockTimeoutError } from '../errors.ts';
+import { retryUntil } from './retry.ts';
 
 export interface HeldLock {
   readonly name: string;
@@ -39,35 +39,50 @@ function tryListen(address: string): Promise<net.Server | undefined> {
   });
 }
 
-/** Take the lock `name` (any string, e.g. the path of what it guards), waiting while it is held. */
+/**
+ * Take the lock `name` (any string, e.g. the path of what it guards), waiting while it is held: by
+ * default for as long as it takes (the holder may be building an image), else until `timeoutMs`.
+ */
 export async function acquireLock(name: string, options: LockOptions = {}): Promise<HeldLock> {
   const address = socketName(name);
-  const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+  const pollMs = options.pollMs ?? 250;
+  const { signal } = options;
   let announced = false;
-  for (;;) {
-    if (options.signal?.aborted) throw new AbortedError(`Waiting for lock ${name}`, { cause: options.signal.reason });
-    const server = await tryListen(address);
-    if (server) {
-      let released = false;
-      return {
-        name,
-        release: () =>
-          new Promise<void>((resolve) => {
-            if (released) return resolve();
-            released = true;
-            server.close(() => resolve());
-          }),
-      };
-    }
-    if (!announced) {
-      announced = true;
-      options.onWait?.();
-    }
-    if (Date.now() >= deadline) {
-      throw new LockTimeoutError(`Timed out after ${options.timeoutMs} ms waiting for lock ${name}; another guestlab process holds it.`);
-    }
-    await sleep(options.pollMs ?? 250, undefined, { signal: options.signal }).catch(() => undefined);
+  if (signal?.aborted) throw new AbortedError(`Waiting for lock ${name}`, { cause: signal.reason });
+  // Busy is retried until the deadline; any other error (the socket cannot be created) ends the wait.
+  const busy = new LockTimeoutError(`Timed out after ${options.timeoutMs} ms waiting for lock ${name}; another guestlab process holds it.`);
+  let server: net.Server;
+  try {
+    server = await retryUntil(async () => {
+      const listening = await tryListen(address);
+      if (listening) return listening;
+      if (!announced) {
+        announced = true;
+        options.onWait?.();
+      }
+      throw busy;
+    }, {
+      deadline: options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs,
+      signal,
+      isFinal: (error) => error !== busy,
+      minDelayMs: pollMs,
+      maxDelayMs: pollMs,
+      factor: 1,
+    });
+  } catch (error) {
+    if (signal?.aborted && error === signal.reason) throw new AbortedError(`Waiting for lock ${name}`, { cause: signal.reason });
+    throw error;
   }
+  let released = false;
+  return {
+    name,
+    release: () =>
+      new Promise<void>((resolve) => {
+        if (released) return resolve();
+        released = true;
+        server.close(() => resolve());
+      }),
+  };
 }
 
 /** Run `fn` while holding the lock `name`. */

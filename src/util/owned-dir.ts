@@ -2,14 +2,9 @@
 // when another user owns them or when they are a symbolic link, so that nobody else can plant,
 // read or hold what is in them.
 import fs from 'node:fs/promises';
-import { GuestlabError } from '../errors.ts';
+import { UnsafeDirectoryError } from '../errors.ts';
 
-export class UnsafeDirectoryError extends GuestlabError {
-  override name = 'UnsafeDirectoryError';
-  constructor(dir: string, problem: string, fix: string) {
-    super(`${dir} ${problem}; guestlab keeps its ${fix}`, { code: 'ERR_UNSAFE_DIRECTORY' });
-  }
-}
+export { UnsafeDirectoryError };
 
 /** Creates `dir` (and its parents) for this user only; refuses one that is not safely this user's. */
 export async function ensureOwnedPrivateDir(dir: string, envName: string): Promise<void> {

@@ -7,7 +7,7 @@ import { afterEach, beforeEach, describe, expect, onTestFinished, test } from 'v
 import { acquireLease, budgetState, sweepLeases } from '../../src/budget/leases.ts';
 import { parseCgroupPath, parseCpuMax, parseMemoryMax, QEMU_OVERHEAD_MIB } from '../../src/budget/limits.ts';
 import { createLogger } from '../../src/log.ts';
-import { currentIdentity, isAlive, parseStatStartTime, processStartTime } from '../../src/reaper/identity.ts';
+import { currentIdentity, isAlive, parseStatStartTime, processStartTime } from '../../src/host/process-identity.ts';
 
 // Whether a request fits (CPUs and memory) is the admission policy's: test/unit/budget-policy.test.ts.
 describe('budget limits', () => {

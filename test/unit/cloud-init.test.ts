@@ -65,6 +65,19 @@ describe('renderUserData', () => {
     expect(() => rendered({ ssh_deletekeys: false })).toThrow(/ssh_deletekeys/);
   });
 
+  test('keeps guestlab\'s user whatever form `users` takes; a `default` entry goes first, once', () => {
+    const names = (users: unknown) => (rendered({ users }).config.users as (string | { name: string })[]).map((u) => (typeof u === 'string' ? u : u.name));
+    expect(names('default')).toEqual(['default', 'tester']);
+    expect(names(['default', { name: 'alice' }])).toEqual(['default', 'tester', 'alice']);
+    expect(names([{ name: 'alice' }, 'default', 'bob'])).toEqual(['default', 'tester', 'alice', 'bob']);
+    expect(names('alice, bob')).toEqual(['tester', 'alice', 'bob']);
+    expect(names([])).toEqual(['tester']);
+  });
+
+  test('refuses a `users` entry that redefines guestlab\'s user, also when the seed is rendered', () => {
+    expect(() => rendered({ users: ['default', { name: 'tester', shell: '/bin/sh' }] })).toThrow(/^`cloudConfig\.users\[1\]` redefines "tester", guestlab's login user/);
+  });
+
   test('refuses a cloudConfig that is not a plain object', () => {
     expect(() => renderUserData({ ...input, cloudConfig: ['x'] as unknown as Record<string, unknown> })).toThrow(/plain object/);
   });

@@ -3,9 +3,9 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { GuestCommandError } from '../../src/errors.ts';
+import { GuestCommandError, InspectError } from '../../src/errors.ts';
 import { DETECT_SCRIPT, detectTools, parseDetection } from '../../src/inspect/detect.ts';
-import { InspectError, type ExecOutput, type GuestExecutor } from '../../src/inspect/executor.ts';
+import { type ExecOutput, type GuestExecutor } from '../../src/inspect/executor.ts';
 import { fileContains, fileInfo, parseStat, statArgv } from '../../src/inspect/files.ts';
 import {
   packageInfo,

@@ -26,6 +26,18 @@ describe('resolveSpec', () => {
     expect(() => resolveSpec({ image: 'debian-12', ...(bad as object) })).toThrow(message);
   });
 
+  test.each([
+    [{ cloudConfig: { ssh_keys: {} } }, /^`cloudConfig\.ssh_keys` cannot be set: guestlab injects a per-guest host key and pins it\. Remove it from cloudConfig; read the pinned key from guest\.ssh\.hostKey\.$/],
+    [{ cloudConfig: { ssh_genkeytypes: ['rsa'] } }, /^`cloudConfig\.ssh_genkeytypes` cannot be set/],
+    [{ cloudConfig: { users: [{ name: 'guestlab', groups: ['adm'] }] } }, /^`cloudConfig\.users\[0\]` redefines "guestlab", guestlab's login user, .* pick the login user's name with the spec's `user` option\.$/],
+    [{ user: 'alice', cloudConfig: { users: ['default', 'alice'] } }, /^`cloudConfig\.users\[1\]` redefines "alice", guestlab's login user/],
+    [{ cloudConfig: { users: 'default, guestlab' } }, /^`cloudConfig\.users` redefines "guestlab"/],
+    [{ cloudConfig: { users: { alice: { shell: '/bin/sh' } } } }, /^`cloudConfig\.users` must be a list .*got \{"alice":\{"shell":"\/bin\/sh"\}\}; cloud-init's mapping form is deprecated\. Write e\.g\. users: \['default', \{ name: 'alice' \}\]\.$/],
+    [{ cloudConfig: { users: [42] } }, /^`cloudConfig\.users\[0\]` must be 'default', a user name or a mapping with a `name` \(cloud-init's users format\), got 42$/],
+  ])('cloudConfig %o is refused before anything starts, naming the key and the fix', (bad, message) => {
+    expect(() => resolveSpec({ image: 'debian-12', ...(bad as object) })).toThrow(message);
+  });
+
   test('a spec without an image is refused', () => {
     expect(() => resolveSpec({} as never)).toThrow('Expected `image` to be a non-empty string, got undefined');
   });

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { createLogger } from '../../src/log.ts';
-import { currentIdentity, processStartTime } from '../../src/reaper/identity.ts';
+import { currentIdentity, processStartTime } from '../../src/host/process-identity.ts';
 import { OWNER_FILE, parseQemuTag, qemuTag, sweep } from '../../src/reaper/sweep.ts';
 
 const log = createLogger('test', () => undefined);

@@ -3,22 +3,21 @@
 import fs from 'node:fs/promises';
 import { acquireLease } from '../../budget/leases.ts';
 import { guestlabPaths } from '../../config.ts';
-import { AbortedError, BootTimeoutError, GuestDeadEndError, GuestlabError, HostRequirementError, QemuError, tailLines } from '../../errors.ts';
+import { readEnv } from '../../env.ts';
+import { AbortedError, BootTimeoutError, DiskFullError, GuestDeadEndError, GuestlabError, HostRequirementError, QemuError, tailLines } from '../../errors.ts';
 import { freeDiskBytes } from '../../host/probe.ts';
 import { buildQemuArgv } from '../../qemu/argv.ts';
 import { QemuMonitor } from '../../qemu/monitor.ts';
 import { describeExit, launchQemu } from '../../qemu/process.ts';
-import { currentIdentity } from '../../reaper/identity.ts';
+import { currentIdentity } from '../../host/process-identity.ts';
 import { qemuTag } from '../../reaper/sweep.ts';
-import { waitForSshBanner } from '../../ssh/banner.ts';
+import { waitForSshBanner, type BannerResult } from '../../ssh/banner.ts';
 import { SshSession } from '../../ssh/session.ts';
 import { retryUntil } from '../../util/retry.ts';
-import { expectPositiveInteger } from '../../util/validate.ts';
 import { ConsoleWatch, withoutReport } from '../dead-end.ts';
 import { createInstanceDir } from '../instance.ts';
 import { keepMode } from '../keep.ts';
 import { registerLive } from '../registry.ts';
-import { DiskFullError } from '../resources.ts';
 import { need, sinceStart, type LaunchState, type LaunchStep } from './steps.ts';
 
 const SERIAL_TAIL_LINES = 50;
@@ -34,8 +33,7 @@ export const diskSpaceStep: LaunchStep = {
   hint: 'free disk space there, point GUESTLAB_INSTANCES_DIR at a larger disk, or lower GUESTLAB_MIN_FREE_DISK_MIB',
   async run() {
     const { instancesDir } = guestlabPaths();
-    const raw = process.env.GUESTLAB_MIN_FREE_DISK_MIB;
-    const minMiB = raw ? expectPositiveInteger('GUESTLAB_MIN_FREE_DISK_MIB', Number(raw)) : DEFAULT_MIN_FREE_DISK_MIB;
+    const minMiB = readEnv('GUESTLAB_MIN_FREE_DISK_MIB') ?? DEFAULT_MIN_FREE_DISK_MIB;
     const freeMiB = Math.floor((await freeDiskBytes(instancesDir)) / 1048576);
     if (freeMiB < minMiB) {
       throw new HostRequirementError(
@@ -199,7 +197,7 @@ export const sshBannerStep: LaunchStep = {
   },
 };
 
-const pendingBanner = new WeakMap<LaunchState, import('node:net').Socket>();
+const pendingBanner = new WeakMap<LaunchState, BannerResult['socket']>();
 
 export const sshAuthStep: LaunchStep = {
   name: 'ssh-auth',
