@@ -29,7 +29,7 @@ export async function waitForUnit(guest: WaitingGuest, name: string, options: Wa
   }
 }
 
-export function waitForPort(guest: WaitingGuest, port: number, options: WaitOptions & { protocol?: 'tcp' | 'udp' }): Promise<ListeningSocket> {
+export async function waitForPort(guest: WaitingGuest, port: number, options: WaitOptions & { protocol?: 'tcp' | 'udp' }): Promise<ListeningSocket> {
   expectPositiveInteger('port', port);
   const protocol = expectOneOf('protocol', options.protocol ?? 'tcp', ['tcp', 'udp'] as const);
   return pollUntil(guest, `${protocol} port ${port} to listen`, options, async () => {
@@ -63,7 +63,7 @@ export async function waitForConsole(guest: PollTarget, serialLog: string, patte
   });
 }
 
-export function waitUntil(guest: WaitingGuest, argvOrScript: ArgvOrScript, options: WaitOptions & Pick<ExecOptions, 'sudo' | 'env' | 'cwd'>): Promise<ExecResult> {
+export async function waitUntil(guest: WaitingGuest, argvOrScript: ArgvOrScript, options: WaitOptions & Pick<ExecOptions, 'sudo' | 'env' | 'cwd'>): Promise<ExecResult> {
   const argv = toArgv(argvOrScript);
   const { sudo, env, cwd } = options;
   return pollUntil(guest, `\`${describeCommand(argvOrScript)}\` to succeed`, options, async () => {

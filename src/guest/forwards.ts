@@ -15,7 +15,7 @@ export class Forwards {
     this.#checkUsable = checkUsable;
   }
 
-  add(guestPort: number, options: { protocol?: ForwardProtocol }): Promise<number> {
+  async add(guestPort: number, options: { protocol?: ForwardProtocol }): Promise<number> {
     const port = expectPositiveInteger('guestPort', guestPort);
     if (port > 65535) throw new TypeError(`Expected \`guestPort\` to be a port number from 1 to 65535, got ${port}`);
     const protocol = expectOneOf('protocol', options.protocol ?? 'tcp', ['tcp', 'udp'] as const);
@@ -30,7 +30,7 @@ export class Forwards {
     });
   }
 
-  remove(guestPort: number, options: { protocol?: ForwardProtocol }): Promise<void> {
+  async remove(guestPort: number, options: { protocol?: ForwardProtocol }): Promise<void> {
     const protocol = options.protocol ?? 'tcp';
     const key = `${protocol}:${guestPort}`;
     return this.#serially(async () => {

@@ -155,17 +155,17 @@ export class StartedGuest implements AsyncDisposable {
    * Waits until a systemd unit (or OpenRC service) is active. A unit that fails meanwhile ends the
    * wait at once with UnitFailedError, carrying its status and journal tail.
    */
-  waitForUnit(name: string, options: WaitOptions = {}): Promise<UnitState> {
+  async waitForUnit(name: string, options: WaitOptions = {}): Promise<UnitState> {
     return waitForUnit(this, name, options);
   }
 
   /** Waits until something in the guest listens on `port` (TCP by default), on any address. */
-  waitForPort(port: number, options: WaitOptions & { protocol?: 'tcp' | 'udp' } = {}): Promise<ListeningSocket> {
+  async waitForPort(port: number, options: WaitOptions & { protocol?: 'tcp' | 'udp' } = {}): Promise<ListeningSocket> {
     return waitForPort(this, port, options);
   }
 
   /** Waits until `path` exists in the guest (as root, so any path can be checked). */
-  waitForFile(guestPath: string, options: WaitOptions = {}): Promise<void> {
+  async waitForFile(guestPath: string, options: WaitOptions = {}): Promise<void> {
     return waitForFile(this, guestPath, options);
   }
 
@@ -173,47 +173,47 @@ export class StartedGuest implements AsyncDisposable {
    * Waits until the serial console shows a line matching `pattern`; returns the match. Matches the
    * whole console since boot, or only what comes after the call with `{ fromNow: true }`.
    */
-  waitForConsole(pattern: RegExp | string, options: WaitOptions & { fromNow?: boolean } = {}): Promise<RegExpMatchArray> {
+  async waitForConsole(pattern: RegExp | string, options: WaitOptions & { fromNow?: boolean } = {}): Promise<RegExpMatchArray> {
     return waitForConsole(this, this.#resources.instance.file('serial'), pattern, options);
   }
 
   /** Runs argv (or a script through sh -c) until it exits 0; returns that run's result. */
-  waitUntil(argvOrScript: ArgvOrScript, options: WaitOptions & Pick<ExecOptions, 'sudo' | 'env' | 'cwd'> = {}): Promise<ExecResult> {
+  async waitUntil(argvOrScript: ArgvOrScript, options: WaitOptions & Pick<ExecOptions, 'sudo' | 'env' | 'cwd'> = {}): Promise<ExecResult> {
     return waitUntil(this, argvOrScript, options);
   }
 
   /** A systemd unit's (or OpenRC service's) state. */
-  unitState(name: string): Promise<UnitState> {
+  async unitState(name: string): Promise<UnitState> {
     return unitState(this, name);
   }
 
   /** Sockets listening in the guest (ss, or netstat where there is no ss). */
-  listeningSockets(): Promise<ListeningSocket[]> {
+  async listeningSockets(): Promise<ListeningSocket[]> {
     return listeningSockets(this);
   }
 
   /** Type, mode, owner, group and size of a guest path (looked at as root; a symlink itself, not its target). */
-  fileInfo(guestPath: string): Promise<FileInfo> {
+  async fileInfo(guestPath: string): Promise<FileInfo> {
     return fileInfo(this, guestPath);
   }
 
   /** Whether a package is installed and its version, from dpkg, rpm or apk, whichever the guest has. */
-  packageInfo(name: string): Promise<PackageInfo> {
+  async packageInfo(name: string): Promise<PackageInfo> {
     return packageInfo(this, name);
   }
 
   /** A user's passwd entry and groups. */
-  userInfo(name: string): Promise<UserInfo> {
+  async userInfo(name: string): Promise<UserInfo> {
     return userInfo(this, name);
   }
 
   /** Copies a host file or directory (recursively) to an absolute guest path. */
-  copyTo(localPath: string, guestPath: string, options: WriteFileOptions = {}): Promise<void> {
+  async copyTo(localPath: string, guestPath: string, options: WriteFileOptions = {}): Promise<void> {
     return copyToGuest(this, localPath, guestPath, options);
   }
 
   /** Copies a guest file or directory (recursively) to a host path. */
-  copyFrom(guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
+  async copyFrom(guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
     return copyFromGuest(this, guestPath, localPath, options);
   }
 
@@ -226,7 +226,7 @@ export class StartedGuest implements AsyncDisposable {
   }
 
   /** Writes a guest file atomically (temporary file, chmod/chown, rename); parents are created. */
-  writeFile(guestPath: string, data: string | Uint8Array, options: WriteFileOptions = {}): Promise<void> {
+  async writeFile(guestPath: string, data: string | Uint8Array, options: WriteFileOptions = {}): Promise<void> {
     return writeGuestFile(this, guestPath, data, options);
   }
 
@@ -236,12 +236,12 @@ export class StartedGuest implements AsyncDisposable {
    * host port. The guest's service must listen on its network address (or 0.0.0.0), not only on
    * its own loopback.
    */
-  forward(guestPort: number, options: { protocol?: ForwardProtocol } = {}): Promise<number> {
+  async forward(guestPort: number, options: { protocol?: ForwardProtocol } = {}): Promise<number> {
     return this.#forwards.add(guestPort, options);
   }
 
   /** Removes a forward made by forward(); the host port is closed. */
-  unforward(guestPort: number, options: { protocol?: ForwardProtocol } = {}): Promise<void> {
+  async unforward(guestPort: number, options: { protocol?: ForwardProtocol } = {}): Promise<void> {
     return this.#forwards.remove(guestPort, options);
   }
 
@@ -250,7 +250,7 @@ export class StartedGuest implements AsyncDisposable {
    * the guest pauses meanwhile), with an inventory of its configuration for diffSince() unless
    * `inventory: false`. Saving a label again replaces it.
    */
-  checkpoint(label: string, options: { inventory?: InventoryOptions | false } = {}): Promise<CheckpointInfo> {
+  async checkpoint(label: string, options: { inventory?: InventoryOptions | false } = {}): Promise<CheckpointInfo> {
     return this.#checkpoints.save(label, options);
   }
 
@@ -259,7 +259,7 @@ export class StartedGuest implements AsyncDisposable {
    * is made anew (commands still running are cut off), the guest's clock is set to now, and
    * forwards added after the checkpoint are gone with the network state they lived in.
    */
-  restore(label: string): Promise<RestoreTimings> {
+  async restore(label: string): Promise<RestoreTimings> {
     return this.#checkpoints.restore(label);
   }
 
@@ -269,27 +269,27 @@ export class StartedGuest implements AsyncDisposable {
   }
 
   /** What changed in files, packages and enabled units since the checkpoint (taken with its inventory). */
-  diffSince(label: string): Promise<InventoryDiff> {
+  async diffSince(label: string): Promise<InventoryDiff> {
     return this.#checkpoints.diffSince(label);
   }
 
   /** Applies files, commands, a script or a playbook as root (see GuestChange); stops at the first failure. */
-  apply(change: GuestChange): Promise<AppliedChange> {
+  async apply(change: GuestChange): Promise<AppliedChange> {
     return applyChange(this, change);
   }
 
   /** Starts a rehearsal: a checkpoint (with inventory) to try changes against and return to. */
-  rehearse(label = 'rehearsal', inventory: InventoryOptions = {}): Promise<Rehearsal> {
+  async rehearse(label = 'rehearsal', inventory: InventoryOptions = {}): Promise<Rehearsal> {
     return Rehearsal.begin(this, label, inventory);
   }
 
   /** The serial console tail, cloud-init's output and the journal's warnings: what a failed test attaches. */
-  evidence(): Promise<GuestEvidence> {
+  async evidence(): Promise<GuestEvidence> {
     return collectEvidence(this);
   }
 
   /** Everything the guest wrote to its serial console so far. */
-  consoleLog(): Promise<string> {
+  async consoleLog(): Promise<string> {
     return readConsole(this.#resources.instance.file('serial'));
   }
 
@@ -317,7 +317,7 @@ export class StartedGuest implements AsyncDisposable {
   }
 
   /** Ends the guest: SSH, then QMP quit, then SIGKILL after a grace period; removes its directory. */
-  stop(): Promise<void> {
+  async stop(): Promise<void> {
     this.#stopping ??= releaseResources(this.#resources);
     return this.#stopping;
   }
