@@ -12,7 +12,8 @@ import { generateEd25519 } from '../../ssh/keys.ts';
 import { writePrivateFile } from '../../util/fs.ts';
 import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
-import { bootFailure, budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, settle, sshAuthStep, sshBannerStep, sshForwardStep } from './common.ts';
+import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
+import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
 
 export const hostStep: LaunchStep = {

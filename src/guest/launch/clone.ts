@@ -11,7 +11,8 @@ import type { SshSession } from '../../ssh/session.ts';
 import { quoteArg } from '../../util/shell-quote.ts';
 import { writePrivateFile } from '../../util/fs.ts';
 import type { InstanceDir } from '../instance.ts';
-import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, settle, sshAuthStep, sshBannerStep, sshForwardStep } from './common.ts';
+import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
+import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type BootMedia, type LaunchStep } from './steps.ts';
 
 /**
