@@ -46,8 +46,10 @@ export interface CheckpointedGuest extends InventoryGuest {
 export interface CheckpointDeps {
   monitor: () => QemuMonitor;
   checkUsable: () => void;
-  /** Ends the current SSH session (a restore cuts it off) and installs the new one. */
-  replaceSession: (next: (() => Promise<SshSession>) | undefined, why: Error) => Promise<void>;
+  /** Ends the guest's SSH session: a restore cuts off what runs on it. */
+  closeSession: (why: Error) => void;
+  /** Makes `session` the guest's SSH session. */
+  useSession: (session: SshSession) => void;
   forwards: Forwards;
   log: Logger;
   /** An error once QEMU has exited: reconnecting after a restore stops at once then. */
@@ -89,11 +91,10 @@ export class Checkpoints {
     const guest = this.#guest;
     if (!this.#saved.has(name)) throw new GuestlabError(`Guest ${guest.name} has no checkpoint "${name}" (has: ${[...this.#saved.keys()].join(', ') || 'none'}); take one with guest.checkpoint("${name}")`);
     const started = performance.now();
-    const why = new GuestlabError(`Guest ${guest.name} is being restored to checkpoint ${name}`);
-    await this.#deps.replaceSession(undefined, why);
+    this.#deps.closeSession(new GuestlabError(`Guest ${guest.name} is being restored to checkpoint ${name}`));
     await this.#deps.monitor().loadSnapshot(name);
     const loadMs = Math.round(performance.now() - started);
-    await this.#deps.replaceSession(() => reconnect(guest.ssh, 60_000 * guest.timeoutScale, this.#deps.qemuGone), why);
+    this.#deps.useSession(await reconnect(guest.ssh, 60_000 * guest.timeoutScale, this.#deps.qemuGone));
     // The guest resumes with the checkpoint's clock.
     await guest.succeed(['date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], { sudo: true });
     await this.#deps.forwards.forgetLost();

@@ -94,10 +94,8 @@ export class StartedGuest implements AsyncDisposable {
       forwards: this.#forwards,
       log: init.resources.log,
       qemuGone: () => exitedError(this.#resources.qemu, `while guest ${this.name} was being restored`),
-      replaceSession: async (next, why) => {
-        this.#resources.session.close(why);
-        if (next) this.#resources.session = await next();
-      },
+      closeSession: (why) => this.#resources.session.close(why),
+      useSession: (session) => (this.#resources.session = session),
     });
   }
 

@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises';
 import { AbortedError, BootTimeoutError, GuestDeadEndError, GuestlabError, QemuError, tailLines } from '../../errors.ts';
 import { describeExit } from '../../qemu/process.ts';
-import { waitForSshBanner, type BannerResult } from '../../ssh/banner.ts';
+import { waitForSshBanner } from '../../ssh/banner.ts';
 import { SshSession } from '../../ssh/session.ts';
 import { retryUntil } from '../../util/retry.ts';
 import { withoutReport } from '../dead-end.ts';
@@ -61,12 +61,10 @@ export const sshBannerStep: LaunchStep = {
   hint: 'the serial console in the error shows how far the guest got; a guest that never starts sshd reports a dead end there',
   async run(state) {
     // The banner's socket is handed to the authentication step, which uses it for its first try.
-    pendingBanner.set(state, await banner(state));
+    state.bannerSocket = await banner(state);
     state.timings.sshBannerMs = sinceStart(state);
   },
 };
-
-const pendingBanner = new WeakMap<LaunchState, BannerResult['socket']>();
 
 export const sshAuthStep: LaunchStep = {
   name: 'ssh-auth',
@@ -84,8 +82,8 @@ export const sshAuthStep: LaunchStep = {
     let lastError: unknown;
     try {
       resources.session = await retryUntil(async () => {
-        let socket = pendingBanner.get(state);
-        pendingBanner.delete(state);
+        let socket = state.bannerSocket;
+        state.bannerSocket = undefined;
         socket ??= await banner(state).catch((error: Error) => {
           final.add(error);
           throw error;

@@ -7,6 +7,7 @@ import type { BuiltImage } from '../../images/builder.ts';
 import type { Logger } from '../../log.ts';
 import type { Accel } from '../../qemu/argv.ts';
 import type { NetworkAttachment } from '../../network/network.ts';
+import type { BannerResult } from '../../ssh/banner.ts';
 import type { ConsoleWatch } from '../dead-end.ts';
 import type { InstanceDir } from '../instance.ts';
 import { releaseResources, type GuestResources } from '../resources.ts';
@@ -55,6 +56,8 @@ export interface LaunchState {
   attachments: NetworkAttachment[];
   watch?: ConsoleWatch;
   sshPort?: number;
+  /** The socket that saw sshd's banner, positioned before it: the first authentication attempt uses it. */
+  bannerSocket?: BannerResult['socket'] | undefined;
   timings: Partial<BootTimings>;
   /** The template's id, for a clone. */
   clonedFrom?: string | undefined;
