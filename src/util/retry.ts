@@ -23,39 +23,58 @@ export interface RetryOptions {
 }
 
 export async function retryUntil<T>(attempt: (attemptNumber: number) => Promise<T>, options: RetryOptions): Promise<T> {
-  const { stopWhen, isFinal, onRetry } = options;
+  const { stopWhen, isFinal, onRetry, signal } = options;
   const stop = () => {
     const reason = stopWhen?.();
     if (reason) throw new AbortError(reason);
   };
   const before = stopWhen?.();
   if (before) throw before;
-  return pRetry(
-    async (n) => {
-      stop();
-      try {
-        return await attempt(n);
-      } catch (error) {
-        if (isFinal?.(error)) throw new AbortError(error as Error);
-        throw error;
-      }
-    },
-    {
-      retries: Number.POSITIVE_INFINITY,
-      maxRetryTime: Math.max(0, options.deadline - Date.now()),
-      minTimeout: options.minDelayMs ?? 100,
-      maxTimeout: options.maxDelayMs ?? 2000,
-      factor: options.factor ?? 1.5,
-      randomize: false,
-      signal: options.signal,
-      onFailedAttempt: ({ error, attemptNumber }) => {
-        // A callback's error ends the retries and is thrown as it is.
-        const reason = stopWhen?.();
-        if (reason) throw reason;
-        onRetry?.(error, attemptNumber);
+  signal?.throwIfAborted();
+  // p-retry, given the caller's signal, throws the abort reason even after an attempt that
+  // succeeded, and what that attempt took (a lock, a connection) would be lost. So the caller's
+  // signal ends only the waits between attempts; an abort during an attempt is seen after it
+  // fails, and an attempt that succeeds returns its result.
+  const between = new AbortController();
+  let attempting = false;
+  const onAbort = () => {
+    if (!attempting) between.abort(signal!.reason);
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await pRetry(
+      async (n) => {
+        stop();
+        attempting = true;
+        try {
+          return await attempt(n);
+        } catch (error) {
+          if (isFinal?.(error)) throw new AbortError(error as Error);
+          throw error;
+        } finally {
+          attempting = false;
+        }
       },
-    },
-  );
+      {
+        retries: Number.POSITIVE_INFINITY,
+        maxRetryTime: Math.max(0, options.deadline - Date.now()),
+        minTimeout: options.minDelayMs ?? 100,
+        maxTimeout: options.maxDelayMs ?? 2000,
+        factor: options.factor ?? 1.5,
+        randomize: false,
+        signal: between.signal,
+        onFailedAttempt: ({ error, attemptNumber }) => {
+          // A callback's error ends the retries and is thrown as it is.
+          signal?.throwIfAborted();
+          const reason = stopWhen?.();
+          if (reason) throw reason;
+          onRetry?.(error, attemptNumber);
+        },
+      },
+    );
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
 }
 
 /**

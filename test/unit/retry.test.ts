@@ -56,6 +56,31 @@ describe('retryUntil', () => {
   });
 });
 
+describe('retryUntil and an abort during an attempt', () => {
+  it('keeps what a succeeding attempt took instead of throwing it away', async () => {
+    const controller = new AbortController();
+    const taken: string[] = [];
+    const value = await retryUntil(async () => {
+      controller.abort(new Error('test over'));
+      taken.push('lock');
+      return 'lock';
+    }, { deadline: Date.now() + 5000, signal: controller.signal });
+    expect(value).toBe('lock');
+    expect(taken).toEqual(['lock']);
+  });
+
+  it('ends after a failing attempt with the abort reason, without another attempt', async () => {
+    const controller = new AbortController();
+    let calls = 0;
+    await expect(retryUntil(async () => {
+      calls++;
+      controller.abort(new Error('test over'));
+      throw new Error('busy');
+    }, { deadline: Date.now() + 5000, minDelayMs: 1, signal: controller.signal })).rejects.toThrow('test over');
+    expect(calls).toBe(1);
+  });
+});
+
 describe('pollFor', () => {
   it('returns the first defined value, or the deadline error', async () => {
     let n = 0;
