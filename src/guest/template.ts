@@ -133,6 +133,9 @@ export class GuestTemplate implements AsyncDisposable {
       clientPrivateKey: keys.clientPrivateKey,
       hostPublicKey: keys.hostPublicKey,
       kernel: media.kernel,
+      seed: media.seed,
+      fwCfg: media.fwCfg,
+      cloudInit: state.cloudInit,
       uefi: media.uefi,
       resumeWaiter: saved.resumeWaiter,
     };
@@ -150,9 +153,10 @@ export class GuestTemplate implements AsyncDisposable {
    */
   async clone(options: StartOptions = {}): Promise<StartedGuest> {
     if (this.#released) throw new GuestlabError(`Template ${this.id} was released; create a new one to clone from`);
-    const { spec, log, accel, bootTimeoutMs } = this.#boot;
+    const { spec, log, accel, machine, bootTimeoutMs } = this.#boot;
     const state = newLaunchState(spec, log, options.signal);
     state.accel = accel;
+    state.machine = machine;
     state.bootTimeoutMs = bootTimeoutMs;
     state.clonedFrom = this.id;
     return launch(state, cloneSteps(this.#base));

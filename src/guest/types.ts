@@ -43,8 +43,17 @@ export interface BootTimings {
   qemuStartedMs: number;
   sshBannerMs: number;
   sshReadyMs: number;
-  /** Ready: cloud-init done, or for a clone its state restored and its clock and RNG renewed. */
+  /**
+   * Ready: cloud-init done (or, when it was left off, SSH ready), or for a clone its state restored
+   * and its clock and RNG renewed.
+   */
   cloudInitDoneMs: number;
+  /**
+   * `ran`: cloud-init set the guest up. `skipped`: the spec gave it nothing to do (no cloudConfig,
+   * no private networks), so guestlab's setup came through fw_cfg and cloud-init stayed off. A
+   * clone reports its template's.
+   */
+  cloudInit?: 'ran' | 'skipped';
   /** A clone only: when the saved state had been loaded into its QEMU. */
   restoreMs?: number;
   /** How long each launch step took, by step name ("image", "budget", "qemu", "ssh-auth", ...). */

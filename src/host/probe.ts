@@ -21,6 +21,12 @@ export interface HostFacts {
   mkfsExt4: ToolInfo;
   setpriv: ToolInfo;
   kvm: KvmAssessment;
+  /**
+   * The versioned machine type QEMU's `q35` alias stands for here (pc-q35-7.2 on QEMU 7.2): guests
+   * and their saved states name it, so that a QEMU upgrade cannot change the machine under them.
+   * `q35` itself when QEMU does not say.
+   */
+  q35Machine: string;
   cores: number;
   memAvailableMiB: number;
   isRoot: boolean;
@@ -93,6 +99,12 @@ export async function freeDiskBytes(dir: string): Promise<number> {
   }
 }
 
+/** The machine type an alias stands for in `qemu-system-x86_64 -machine help` ("q35 ... (alias of pc-q35-7.2)"). */
+export function parseMachineAlias(help: string, alias: string): string | undefined {
+  const line = help.split('\n').find((l) => l.split(/\s+/)[0] === alias);
+  return line && /\(alias of ([\w.-]+)\)/.exec(line)?.[1];
+}
+
 let cached: Promise<HostFacts> | undefined;
 
 /** Probe the host once per process. */
@@ -108,6 +120,7 @@ export function probeHost(): Promise<HostFacts> {
       probeKvm(),
       memAvailableMiB(),
     ]);
+    const machines = qemu.path ? await execa(qemu.path, ['-machine', 'help'], { reject: false, timeout: 10_000 }) : undefined;
     return {
       qemu,
       qemuImg,
@@ -116,6 +129,7 @@ export function probeHost(): Promise<HostFacts> {
       mkfsExt4,
       setpriv,
       kvm,
+      q35Machine: parseMachineAlias(machines?.stdout ?? '', 'q35') ?? 'q35',
       cores: os.availableParallelism(),
       memAvailableMiB: memAvailable,
       isRoot: process.getuid?.() === 0,

@@ -139,6 +139,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
       buildMs: Date.now() - started,
       diskBytes: (await fs.stat(disk)).size,
       files: await digestFiles(work, files),
+      ...(recipe.features.length ? { features: recipe.features } : {}),
     };
     await sealImage(work, finalDir, manifest, files);
     log.info(`built ${recipe.name} in ${(manifest.buildMs / 1000).toFixed(1)}s: ${finalDir}`);

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { exists } from '../util/fs.ts';
 import type { Firmware } from './catalog.ts';
 import { writeStamp, type FileDigests } from './digest.ts';
+import type { ImageFeature } from './recipe.ts';
 
 /** Files of a built image directory. */
 export const IMAGE_FILES = {
@@ -41,6 +42,8 @@ export interface BuiltImage {
   cmdline: string | undefined;
   /** Where it came from: built from a recipe, or downloaded (a download entry). */
   source: 'recipe' | 'download';
+  /** What it offers guestlab beyond cloud-init and SSH (recipe `features`); empty for downloads. */
+  features: ImageFeature[];
   /** True when this call built (or downloaded) it, false when it came from the cache. */
   built: boolean;
   buildMs: number;
@@ -67,6 +70,8 @@ export interface ImageManifest {
   diskBytes: number;
   /** sha256 and size of disk, kernel and initrd; absent in manifests written before guestlab 0.1.0 recorded them. */
   files?: FileDigests;
+  /** The recipe's `features`; absent: none. */
+  features?: ImageFeature[];
 }
 
 export async function readManifest(dir: string): Promise<ImageManifest | undefined> {
@@ -89,6 +94,7 @@ export function builtImageOf(name: string, dir: string, manifest: ImageManifest,
     initrd: direct ? path.join(dir, IMAGE_FILES.initrd) : undefined,
     cmdline: direct ? cmdline : undefined,
     source,
+    features: manifest.features ?? [],
     built: false,
     buildMs: manifest.buildMs,
   };

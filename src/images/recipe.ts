@@ -42,11 +42,24 @@ export interface ImageRecipe {
   files: RecipeFile[];
   /** Shell commands run inside the image after the packages are installed. */
   commands: string[];
+  /**
+   * What the image offers guestlab beyond cloud-init and SSH (see IMAGE_FEATURES): the host uses a
+   * feature only when the image's manifest lists it.
+   */
+  features: ImageFeature[];
 }
+
+/**
+ * `fw-cfg-setup`: guestlab-setup.service creates the login user, its key, the pinned host key and
+ * the host name from QEMU fw_cfg entries before sshd starts, so a boot with nothing for cloud-init
+ * to do can leave cloud-init off (`cloud-init=disabled` on the kernel command line).
+ */
+export const IMAGE_FEATURES = ['fw-cfg-setup'] as const;
+export type ImageFeature = (typeof IMAGE_FEATURES)[number];
 
 const KNOWN_KEYS = [
   'extends', 'description', 'suite', 'mirror', 'components', 'kernel', 'packages', 'offlinePackages', 'diskSizeGiB',
-  'cmdline', 'files', 'commands', 'boot',
+  'cmdline', 'files', 'commands', 'boot', 'features',
 ];
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+$/;
 export const IMAGE_NAME = /^[a-z0-9][a-z0-9._-]*$/;
@@ -167,6 +180,12 @@ export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
   if (boot !== 'kernel' && boot !== 'firmware') {
     throw yaml.error(['boot'], `must be "kernel" (QEMU boots the image's kernel directly) or "firmware" (the disk carries a bootloader), got ${JSON.stringify(boot)}`);
   }
+  const features = [...new Set([...(parent?.features ?? []), ...(ownList('features') ?? [])])];
+  features.forEach((feature) => {
+    if (!(IMAGE_FEATURES as readonly string[]).includes(feature)) {
+      throw yaml.error(['features'], `"${feature}" is not a feature guestlab knows; the known ones are ${IMAGE_FEATURES.join(', ')}`);
+    }
+  });
   // The key order is part of recipeHash(): new fields go where they leave older digests unchanged.
   return {
     name: path.basename(yaml.file).replace(/\.ya?ml$/, ''),
@@ -184,22 +203,24 @@ export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
     files: [...(parent?.files ?? []), ...files],
     commands: appended('commands'),
     boot,
+    features: features as ImageFeature[],
   };
 }
 
 /**
  * A digest of everything that changes the built image, after inheritance. Not the file's location,
  * its parent's name, its description, nor (for direct kernel boot) the kernel command line, which
- * is read from the recipe at every boot. `offlinePackages` and `boot` count only when set, so
+ * is read from the recipe at every boot. `offlinePackages`, `boot` and `features` count only when set, so
  * recipes without them keep the digest (and the cached image) they had before the fields existed.
  * A firmware-booted image has its command line written into its bootloader: that one counts.
  */
 export function recipeHash(recipe: ImageRecipe): string {
-  const { source: _source, parent: _parent, description: _description, cmdline, offlinePackages, boot, ...content } = recipe;
+  const { source: _source, parent: _parent, description: _description, cmdline, offlinePackages, boot, features, ...content } = recipe;
   const digested = {
     ...content,
     ...(offlinePackages.length ? { offlinePackages } : {}),
     ...(boot === 'firmware' ? { boot, cmdline } : {}),
+    ...(features.length ? { features } : {}),
   };
   return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...digested })).digest('hex');
 }

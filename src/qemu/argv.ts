@@ -8,12 +8,16 @@ export interface QemuConfig {
   /** Tags the process (as an SMBIOS OEM string) so that a sweep can tell guestlab's QEMUs and their owners. */
   tag: string;
   accel: Accel;
+  /** A versioned machine type (pc-q35-7.2), never an alias whose meaning moves with QEMU's version. */
+  machine: string;
   cpus: number;
   memoryMiB: number;
   /** The guest's qcow2 overlay. */
   disk: string;
-  /** NoCloud seed ISO. */
-  seed: string;
+  /** NoCloud seed ISO; omitted on a boot that leaves cloud-init off. */
+  seed?: string | undefined;
+  /** fw_cfg entries from files (guestlab's setup without cloud-init; see cloud-init/fw-cfg-setup.ts). */
+  fwCfg?: { name: string; file: string }[] | undefined;
   /** Direct kernel boot; omitted for images that carry their own bootloader. */
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
   /**
@@ -41,6 +45,13 @@ export interface QemuConfig {
   extraNics?: { id: string; mac: string; localPort: number; remotePort: number }[];
 }
 
+/**
+ * The CPU under TCG: a named, versioned model (not `max`, whose features change with QEMU's
+ * version), so that a saved state restores on another QEMU build. Westmere is x86-64-v2 (SSE4.2,
+ * POPCNT: what RHEL 9 and its rebuilds require) plus AES-NI, all of which TCG emulates.
+ */
+export const TCG_CPU_MODEL = 'Westmere-v1';
+
 /** The MAC of the user-mode NIC (eth0), QEMU's default for a first NIC, set explicitly so network-config can rely on it. */
 export const USER_NIC_MAC = '52:54:00:12:34:56';
 
@@ -56,14 +67,14 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-smbios', `type=11,value=${optValue(config.tag)}`,
     '-nodefaults', '-no-user-config',
     '-display', 'none', '-vga', 'none',
-    '-machine', config.memoryFile ? 'q35,memory-backend=ram0' : 'q35',
+    '-machine', config.memoryFile ? `${optValue(config.machine)},memory-backend=ram0` : optValue(config.machine),
     ...(config.uefi
       ? [
           '-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${optValue(config.uefi.code)}`,
           '-drive', `if=pflash,format=qcow2,unit=1,file=${optValue(config.uefi.vars)}`,
         ]
       : []),
-    ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', 'max']),
+    ...(config.accel === 'kvm' ? ['-accel', 'kvm', '-cpu', 'host'] : ['-accel', 'tcg,thread=multi,tb-size=256', '-cpu', TCG_CPU_MODEL]),
     '-smp', String(config.cpus),
     '-m', `${config.memoryMiB}M`,
     ...(config.memoryFile
@@ -74,8 +85,8 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     // turns into an error instead of a guest that hangs.
     '-drive', `if=none,id=disk0,file=${optValue(config.disk)},format=qcow2,cache=unsafe,discard=unmap,werror=enospc,rerror=report`,
     '-device', 'virtio-blk-pci,drive=disk0',
-    '-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`,
-    '-device', 'virtio-blk-pci,drive=seed0',
+    ...(config.seed ? ['-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`, '-device', 'virtio-blk-pci,drive=seed0'] : []),
+    ...(config.fwCfg ?? []).flatMap((entry) => ['-fw_cfg', `name=${optValue(entry.name)},file=${optValue(entry.file)}`]),
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
     '-device', `virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`,
     ...(config.extraNics ?? []).flatMap((nic) => [

@@ -111,7 +111,7 @@ test('checksum files: GNU, BSD, and a file that holds one bare digest', () => {
 });
 
 describe('firmware boot', () => {
-  const base: QemuConfig = { name: 'g', tag: 't', accel: 'tcg', cpus: 1, memoryMiB: 512, disk: '/d/disk.qcow2', seed: '/d/seed.iso', qmpSocket: '/d/qmp', serialLog: '/d/serial', sshHostPort: 0 };
+  const base: QemuConfig = { name: 'g', tag: 't', accel: 'tcg', machine: 'pc-q35-7.2', cpus: 1, memoryMiB: 512, disk: '/d/disk.qcow2', seed: '/d/seed.iso', qmpSocket: '/d/qmp', serialLog: '/d/serial', sshHostPort: 0 };
 
   test('SeaBIOS and a bootloader on the disk: no -kernel and no pflash', () => {
     const argv = buildQemuArgv(base);

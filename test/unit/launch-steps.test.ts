@@ -90,7 +90,7 @@ describe('runSteps', () => {
 });
 
 test('every step of a fresh boot and of a clone says what it does and where to look', () => {
-  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', kernel: undefined, uefi: undefined, resumeWaiter: true });
+  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', kernel: undefined, seed: '/x/seed', fwCfg: undefined, cloudInit: 'ran', uefi: undefined, resumeWaiter: true });
   for (const steps of [FRESH_BOOT, clone]) {
     const names = steps.map((s) => s.name);
     expect(new Set(names).size).toBe(names.length);

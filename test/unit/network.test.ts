@@ -184,7 +184,7 @@ describe('what a guest on a network is given', () => {
 
   test('QEMU gets a dgram netdev between two loopback ports and a NIC with the member MAC', () => {
     const argv = buildQemuArgv({
-      name: 'a', tag: 't', accel: 'tcg', cpus: 1, memoryMiB: 512, disk: '/d', seed: '/s', qmpSocket: '/q', serialLog: '/l', sshHostPort: 0,
+      name: 'a', tag: 't', accel: 'tcg', machine: 'pc-q35-7.2', cpus: 1, memoryMiB: 512, disk: '/d', seed: '/s', qmpSocket: '/q', serialLog: '/l', sshHostPort: 0,
       extraNics: [{ id: 'lan0', mac: '52:54:00:aa:bb:cc', localPort: 40001, remotePort: 40002 }],
     });
     expect(argv.join(' ')).toContain(`virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`);

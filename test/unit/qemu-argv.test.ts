@@ -5,7 +5,7 @@ import { parseUsernetForward } from '../../src/qemu/hmp.ts';
 const base: QemuConfig = {
   name: 'web-1',
   tag: 'guestlab:instance=web-1-abcd:owner=123.456',
-  accel: 'tcg',
+  accel: 'tcg', machine: 'pc-q35-7.2',
   cpus: 2,
   memoryMiB: 1024,
   disk: '/inst/disk.qcow2',
@@ -24,7 +24,9 @@ describe('buildQemuArgv', () => {
   test('TCG: multi-threaded TCG and an emulated CPU, no KVM', () => {
     const argv = buildQemuArgv(base);
     expect(option(argv, '-accel')).toEqual(['tcg,thread=multi,tb-size=256']);
-    expect(option(argv, '-cpu')).toEqual(['max']);
+    expect(option(argv, '-cpu')).toEqual(['Westmere-v1']);
+    // Versioned names only: an alias (q35, max) changes meaning with the QEMU version.
+    expect(option(argv, '-machine')).toEqual(['pc-q35-7.2']);
     expect(argv.join(' ')).not.toMatch(/kvm/);
   });
 
@@ -101,14 +103,14 @@ describe('buildQemuArgv for a clone', () => {
 
   test('template RAM is a file the template shares and a clone maps copy-on-write', () => {
     const template = buildQemuArgv({ ...base, memoryMiB: 768, memoryFile: { path: '/inst/tmpl,1/ram', shared: true } });
-    expect(option(template, '-machine')).toEqual(['q35,memory-backend=ram0']);
+    expect(option(template, '-machine')).toEqual(['pc-q35-7.2,memory-backend=ram0']);
     expect(option(template, '-object')).toContain('memory-backend-file,id=ram0,size=768M,mem-path=/inst/tmpl,,1/ram,share=on');
     const clone = buildQemuArgv({ ...base, memoryMiB: 768, memoryFile: { path: '/inst/tmpl,1/ram', shared: false }, incoming: 'defer' });
     expect(option(clone, '-object')).toContain('memory-backend-file,id=ram0,size=768M,mem-path=/inst/tmpl,,1/ram,share=off');
     expect(option(clone, '-incoming')).toEqual(['defer']);
     // A plain guest keeps anonymous memory.
     expect(option(buildQemuArgv(base), '-object').some((o) => o.startsWith('memory-backend'))).toBe(false);
-    expect(option(buildQemuArgv(base), '-machine')).toEqual(['q35']);
+    expect(option(buildQemuArgv(base), '-machine')).toEqual(['pc-q35-7.2']);
   });
 
   test('a clone has exactly the devices of its template: only paths, tag and the state differ', () => {
@@ -133,4 +135,11 @@ describe('parseUsernetForward', () => {
   test('undefined for a guest port that is not forwarded', () => {
     expect(parseUsernetForward(info, 80)).toBeUndefined();
   });
+});
+
+test('the q35 alias resolves to the versioned machine type QEMU names for it', async () => {
+  const { parseMachineAlias } = await import('../../src/host/probe.ts');
+  const help = 'Supported machines are:\nmicrovm              microvm (i386)\nq35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)\npc-q35-7.2           Standard PC (Q35 + ICH9, 2009)\n';
+  expect(parseMachineAlias(help, 'q35')).toBe('pc-q35-7.2');
+  expect(parseMachineAlias(help, 'pc')).toBeUndefined();
 });

@@ -76,6 +76,7 @@ describe('recipe inheritance', () => {
       ],
       commands: ['echo base', 'echo child'],
       boot: 'kernel',
+      features: [],
     });
     const bare = await resolveRecipe('bare', [dir]);
     expect(bare.description).toBe('');

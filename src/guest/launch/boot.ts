@@ -1,6 +1,7 @@
 // A fresh boot from the image: the host and image, new keys, an overlay, the private networks, a
 // cloud-init seed, QEMU, and the readiness requirements up to cloud-init's end.
 import { AbortedError, CloudInitError } from '../../errors.ts';
+import { CLOUD_INIT_OFF, cloudInitNeeded, writeSetupEntries } from '../../cloud-init/fw-cfg-setup.ts';
 import { writeSeedIso } from '../../cloud-init/seed.ts';
 import { createOverlay, createVarStore } from '../../disk/qemu-img.ts';
 import { findOvmf } from '../../host/firmware.ts';
@@ -23,6 +24,7 @@ export const hostStep: LaunchStep = {
   async run(state) {
     const host = await probeHost();
     state.accel = chooseAccel(state.spec.accel, host.kvm);
+    state.machine = host.q35Machine;
     state.bootTimeoutMs = state.spec.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS[state.accel];
   },
 };
@@ -98,31 +100,45 @@ export const networksStep: LaunchStep = {
 
 export const seedStep: LaunchStep = {
   name: 'seed',
-  description: 'write the cloud-init seed (NoCloud ISO): user, keys, host key, network, cloudConfig',
+  description: 'write the guest’s setup: the cloud-init seed (NoCloud ISO: user, keys, host key, network, cloudConfig), or fw_cfg entries when cloud-init has nothing to do',
   hint: 'check the spec’s cloudConfig; the ISO tool (xorriso or genisoimage) must be installed (`guestlab doctor`)',
   async run(state) {
     const instance = need(state.instance, 'instance');
     const keys = need(state.keys, 'keys');
+    const image = need(state.image, 'image');
     const { spec } = state;
-    await writeSeedIso(instance.file('seed'), {
-      instanceId: instance.id,
+    const setup = {
       hostname: spec.name,
       user: spec.user,
       authorizedKey: need(keys.clientPublicKey, 'client public key'),
       hostKey: { privateKey: need(keys.hostPrivateKey, 'host key'), publicKey: keys.hostPublicKey },
-      cloudConfig: spec.cloudConfig,
-      privateNics: state.attachments,
-    }, state.signal);
+    };
+    if (!cloudInitNeeded(image, spec)) {
+      const kernel = need(state.media?.kernel, 'direct kernel boot');
+      state.cloudInit = 'skipped';
+      state.media = {
+        ...state.media,
+        fwCfg: await writeSetupEntries(instance.dir, setup),
+        kernel: { ...kernel, cmdline: `${kernel.cmdline} ${CLOUD_INIT_OFF}` },
+      };
+      return;
+    }
+    await writeSeedIso(instance.file('seed'), { ...setup, instanceId: instance.id, cloudConfig: spec.cloudConfig, privateNics: state.attachments }, state.signal);
+    state.cloudInit = 'ran';
     state.media = { ...state.media, seed: instance.file('seed') };
   },
 };
 
 export const cloudInitStep: LaunchStep = {
   name: 'cloud-init',
-  description: 'wait until cloud-init has finished, and check that it succeeded',
+  description: 'wait until cloud-init has finished, and check that it succeeded (nothing to wait for when it was left off)',
   hint: 'the error lists cloud-init’s status and the end of /var/log/cloud-init-output.log; check the cloudConfig entries it names',
   async run(state) {
     const { spec, signal } = state;
+    if (state.cloudInit === 'skipped') {
+      state.timings.cloudInitDoneMs = sinceStart(state);
+      return;
+    }
     const session = need(state.resources.session, 'SSH session');
     const deadline = need(state.deadline, 'deadline');
     await settle(state, 'cloud-init', (async () => {

@@ -13,7 +13,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import type { InstanceDir } from '../instance.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
-import { need, sinceStart, type BootMedia, type LaunchStep } from './steps.ts';
+import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
 /**
  * The in-guest half of a clone's fix-up, as root: the host's time, then fresh randomness mixed into
@@ -65,6 +65,10 @@ export interface TemplateBase {
   readonly clientPrivateKey: string;
   readonly hostPublicKey: string;
   readonly kernel: BootMedia['kernel'];
+  /** The template's cloud-init seed or fw_cfg setup entries: the clone's QEMU has the same devices. */
+  readonly seed: BootMedia['seed'];
+  readonly fwCfg: BootMedia['fwCfg'];
+  readonly cloudInit: LaunchState['cloudInit'];
   /** The template's UEFI firmware; the clone copies its variable store. */
   readonly uefi: BootMedia['uefi'];
   /** A root process waits in the saved state to fix up each clone (the fast path). */
@@ -100,9 +104,11 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
         await fs.chmod(instance.file('efiVars'), 0o600);
       }
       state.keys = { clientPrivateKey: template.clientPrivateKey, hostPublicKey: template.hostPublicKey };
+      state.cloudInit = template.cloudInit;
       state.media = {
         disk: instance.file('overlay'),
-        seed: from.file('seed'),
+        seed: template.seed,
+        fwCfg: template.fwCfg,
         kernel: template.kernel,
         uefi: template.uefi && { code: template.uefi.code, vars: instance.file('efiVars') },
         // The saved state leaves out the RAM in the template's memory file (x-ignore-shared): the

@@ -17,7 +17,10 @@ import type { BootTimings } from '../types.ts';
 /** What QEMU boots: filled in by the disk and seed steps (or a clone's disk step). */
 export interface BootMedia {
   disk: string;
-  seed: string;
+  /** The cloud-init seed; absent on a boot that leaves cloud-init off. */
+  seed?: string | undefined;
+  /** guestlab's setup as fw_cfg entries, on a boot that leaves cloud-init off. */
+  fwCfg?: { name: string; file: string }[] | undefined;
   /** Direct kernel boot; undefined for images that carry their own bootloader. */
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
   /** UEFI firmware (OVMF) with the guest's own variable store; undefined: SeaBIOS. */
@@ -40,6 +43,8 @@ export interface LaunchState {
   /** The guest's resources, released if the launch fails. */
   readonly resources: GuestResources;
   accel?: Accel;
+  /** The versioned machine type (pc-q35-7.2); a clone: its template's. */
+  machine?: string;
   bootTimeoutMs?: number;
   /** Epoch ms by which the guest must be ready; set when QEMU starts. */
   deadline?: number;
@@ -59,6 +64,8 @@ export interface LaunchState {
   /** The socket that saw sshd's banner, positioned before it: the first authentication attempt uses it. */
   bannerSocket?: BannerResult['socket'] | undefined;
   timings: Partial<BootTimings>;
+  /** Whether cloud-init runs on this boot (decided by the seed step; a clone: as its template). */
+  cloudInit?: 'ran' | 'skipped';
   /** The template's id, for a clone. */
   clonedFrom?: string | undefined;
   /** How long each step took, by name. */
