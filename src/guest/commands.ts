@@ -1,6 +1,8 @@
-// Commands in a guest: argv quoted into one command line (sudo, timeout, env, cwd around it), run on
-// the guest's SSH session, and the result decoded. StartedGuest's exec(), succeed() and fail() are
-// built on run().
+// Commands in a guest: through the guest agent when the guest has one (runOnAgent), otherwise argv
+// quoted into one command line (sudo, timeout, env, cwd around it) and run on the guest's SSH
+// session (runCommand). StartedGuest's exec(), succeed() and fail() are built on these.
+import os from 'node:os';
+import type { AgentClient } from '../agent/client.ts';
 import { GuestCommandError } from '../errors.ts';
 import type { ExecResult } from '../exec-result.ts';
 import type { SshSession } from '../ssh/session.ts';
@@ -85,6 +87,36 @@ export async function runCommand(session: SshSession, argv: string[], options: E
     signal: raw.signal,
     timedOut: raw.timedOut || killedInGuest,
     durationMs,
+  };
+}
+
+/**
+ * Runs argv through the guest agent (the command channel): as the login user `user`, or as root
+ * with `sudo`. The agent execs argv itself (no shell), kills the command's process group on timeout
+ * (TERM, KILL 2 s later) and on abort, and keeps working with the guest's network or sshd down.
+ */
+export async function runOnAgent(agent: AgentClient, user: string, argv: string[], options: ExecOptions): Promise<ExecResult> {
+  if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
+  if (options.timeoutMs !== undefined) expectPositiveInteger('timeoutMs', options.timeoutMs);
+  const started = performance.now();
+  const raw = await agent.exec({
+    argv,
+    ...(options.sudo ? {} : { user }),
+    ...(options.env === undefined ? {} : { env: options.env }),
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
+    ...(options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs }),
+    ...(options.stdin === undefined ? {} : { stdin: options.stdin }),
+    ...(options.stdout === undefined ? {} : { stdout: options.stdout }),
+    ...(options.signal === undefined ? {} : { signal: options.signal }),
+  });
+  return {
+    stdout: raw.stdout.toString('utf8'),
+    stderr: raw.stderr.toString('utf8'),
+    // As a shell reports a command killed by a signal, and as the SSH path does.
+    exitCode: raw.exitCode ?? 128 + (raw.signal ? (os.constants.signals[`SIG${raw.signal}` as NodeJS.Signals] ?? 0) : 0),
+    signal: raw.signal ?? undefined,
+    timedOut: raw.timedOut,
+    durationMs: performance.now() - started,
   };
 }
 

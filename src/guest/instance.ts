@@ -11,6 +11,8 @@ export const INSTANCE_FILES = {
   overlay: 'disk.qcow2',
   seed: 'cidata.iso',
   qmp: 'qmp.sock',
+  /** The host end of the guest agent's virtio-serial port (the command channel); only the owner can connect. */
+  agent: 'agent.sock',
   serial: 'serial.log',
   qemuLog: 'qemu.log',
   clientKey: 'id_ed25519',
@@ -40,7 +42,8 @@ export interface InstanceDir {
 export async function createInstanceDir(instancesDir: string, guestName: string): Promise<InstanceDir> {
   const id = `${guestName}-${randomBytes(4).toString('hex')}`;
   const dir = path.join(instancesDir, id);
-  const qmp = path.join(dir, INSTANCE_FILES.qmp);
+  // The longest socket name decides.
+  const qmp = path.join(dir, INSTANCE_FILES.agent.length > INSTANCE_FILES.qmp.length ? INSTANCE_FILES.agent : INSTANCE_FILES.qmp);
   if (Buffer.byteLength(qmp) > MAX_SOCKET_PATH) {
     throw new GuestlabError(
       `The instance directory path is too long for QEMU's unix socket (${Buffer.byteLength(qmp)} > ${MAX_SOCKET_PATH} bytes): ${qmp}. ` +

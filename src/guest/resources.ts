@@ -10,6 +10,7 @@ import { closeQemu } from '../qemu/close.ts';
 import type { QemuMonitor } from '../qemu/monitor.ts';
 import type { QemuProcess } from '../qemu/process.ts';
 import type { SshSession } from '../ssh/session.ts';
+import type { AgentClient } from '../agent/client.ts';
 import type { InstanceDir } from './instance.ts';
 import { unregisterLive } from './registry.ts';
 import { DiskFullError } from '../errors.ts';
@@ -21,6 +22,8 @@ export interface GuestResources {
   qemu?: QemuProcess | undefined;
   monitor?: QemuMonitor | undefined;
   session?: SshSession | undefined;
+  /** The command channel, when the image has the agent and it answered; commands use SSH otherwise. */
+  agent?: AgentClient | undefined;
   /** Set when the host disk filled up under the guest (QMP BLOCK_IO_ERROR, nospace). */
   diskFull?: DiskFullError | undefined;
   /** Private networks the guest has a port on; left once QEMU is gone. */
@@ -34,6 +37,7 @@ export type RunningResources = Required<Pick<GuestResources, 'instance' | 'qemu'
 export async function releaseResources(resources: GuestResources): Promise<void> {
   const started = Date.now();
   const { qemu, monitor, instance, log } = resources;
+  resources.agent?.close();
   resources.session?.close();
   if (qemu) await closeQemu(qemu, monitor, log);
   monitor?.close();

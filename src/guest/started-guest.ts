@@ -14,7 +14,7 @@ import type { ForwardProtocol } from '../qemu/monitor.ts';
 import { exitedError } from '../qemu/process.ts';
 import { describeValue } from '../util/validate.ts';
 import { Checkpoints, type CheckpointInfo, type RestoreTimings } from './checkpoints.ts';
-import { runCommand, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
+import { runCommand, runOnAgent, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
 import { readConsole, waitForConsole, waitForFile, waitForPort, waitForUnit, waitUntil } from './conditions.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
 import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
@@ -121,7 +121,9 @@ export class StartedGuest implements AsyncDisposable {
   /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
   async exec(argv: string[], options: ExecOptions = {}): Promise<ExecResult> {
     this.#checkUsable();
-    return runCommand(this.#resources.session, argv, options).catch((error: unknown) => {
+    const { agent } = this.#resources;
+    const running = agent && !agent.lost ? runOnAgent(agent, this.ssh.user, argv, options) : runCommand(this.#resources.session, argv, options);
+    return running.catch((error: unknown) => {
       throw this.#resources.diskFull ?? error;
     });
   }

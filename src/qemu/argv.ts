@@ -26,6 +26,12 @@ export interface QemuConfig {
    */
   uefi?: { code: string; vars: string } | undefined;
   qmpSocket: string;
+  /**
+   * The host end of the guest agent's port (AGENT_PORT_NAME on a virtio-serial bus), a unix socket
+   * QEMU listens on. The device is there whether or not the image has an agent, so that every
+   * guest (and every saved state) has the same devices.
+   */
+  agentSocket?: string | undefined;
   serialLog: string;
   /** Append to the serial log instead of truncating it (a clone continues its template's console). */
   serialAppend?: boolean | undefined;
@@ -51,6 +57,9 @@ export interface QemuConfig {
  * POPCNT: what RHEL 9 and its rebuilds require) plus AES-NI, all of which TCG emulates.
  */
 export const TCG_CPU_MODEL = 'Westmere-v1';
+
+/** The guest agent's virtio-serial port: the guest sees it as /dev/virtio-ports/org.guestlab.agent.0. */
+export const AGENT_PORT_NAME = 'org.guestlab.agent.0';
 
 /** The MAC of the user-mode NIC (eth0), QEMU's default for a first NIC, set explicitly so network-config can rely on it. */
 export const USER_NIC_MAC = '52:54:00:12:34:56';
@@ -95,6 +104,13 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     ]),
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
     '-device', 'virtio-rng-pci,rng=rng0',
+    ...(config.agentSocket
+      ? [
+          '-device', 'virtio-serial-pci,id=vser0,max_ports=2',
+          '-chardev', `socket,id=agent0,path=${optValue(config.agentSocket)},server=on,wait=off`,
+          '-device', `virtserialport,bus=vser0.0,chardev=agent0,name=${AGENT_PORT_NAME}`,
+        ]
+      : []),
     '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp0,mode=control',
     '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}${config.serialAppend ? ',append=on' : ''}`,

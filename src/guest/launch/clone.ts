@@ -13,6 +13,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import type { InstanceDir } from '../instance.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
+import { agentStep } from './agent.ts';
 import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
 /**
@@ -83,7 +84,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
     description: 'check that the image the template stands on is still there and intact',
     hint: '`guestlab image verify` checks the cache; a template must be made again after its image was rebuilt',
     async run(state) {
-      await ensureImage(state.spec.image, { log: state.log, signal: state.signal });
+      state.image = await ensureImage(state.spec.image, { log: state.log, signal: state.signal });
       state.timings.imageReadyMs = sinceStart(state);
     },
   };
@@ -138,7 +139,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
-  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, restore, sshForwardStep, sshBannerStep, sshAuthStep, fixup];
+  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, restore, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, fixup];
 }
 
 async function fixupClone(name: string, template: TemplateBase, session: SshSession, signal: AbortSignal | undefined, log: Logger): Promise<void> {

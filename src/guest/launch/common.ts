@@ -83,6 +83,7 @@ export const qemuStep: LaunchStep = {
       kernel: media.kernel,
       uefi: media.uefi,
       qmpSocket: instance.file('qmp'),
+      agentSocket: instance.file('agent'),
       serialLog: instance.file('serial'),
       serialAppend: media.serialAppend,
       sshHostPort: 0,
