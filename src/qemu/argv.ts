@@ -49,6 +49,60 @@ export interface QemuConfig {
   sshHostPort: number;
   /** NICs on private networks: QEMU dgram netdevs between two UDP ports on 127.0.0.1. */
   extraNics?: { id: string; mac: string; localPort: number; remotePort: number }[];
+  /**
+   * Read-only raw disks on the SCSI controller (host directories mounted into the guest). `id` names
+   * both the block node and the device, so that QemuMonitor.detachDisk() removes boot-time disks too.
+   */
+  scsiDisks?: ScsiDisk[] | undefined;
+}
+
+/** A read-only raw disk image on the virtio-scsi controller, seen by the guest as a SCSI disk with this serial. */
+export interface ScsiDisk {
+  /** QEMU id of the device and node name of its block node: a letter, then letters, digits, `-`, `.`, `_`. */
+  id: string;
+  /** Absolute path of the raw image. */
+  file: string;
+  /** The disk's serial (and SCSI device id), which names it in the guest's /dev/disk/by-id/. */
+  serial: string;
+}
+
+/**
+ * The virtio-scsi controller every guest has, mounts or not: disks hot-plug onto its bus without
+ * PCIe hotplug slots on q35, and a guest's device set stays the same whatever it mounts (a saved
+ * state restores only into the same devices).
+ */
+export const SCSI_CONTROLLER_ID = 'scsi0';
+
+const QEMU_ID = /^[A-Za-z][A-Za-z0-9._-]*$/;
+/** QEMU's limit for block node names (and so for disk ids here). */
+const MAX_NODE_NAME = 31;
+/** scsi-hd takes the SCSI device id from the serial only up to this length (QEMU 7.2 cuts it there). */
+const MAX_SERIAL = 20;
+
+/** Checks a SCSI disk's id, serial and file the way QEMU would, before QEMU sees them; throws a TypeError naming the field. */
+export function checkScsiDisk(disk: ScsiDisk): void {
+  if (typeof disk.id !== 'string' || !QEMU_ID.test(disk.id) || disk.id.length > MAX_NODE_NAME) {
+    throw new TypeError(`Invalid SCSI disk id ${JSON.stringify(disk.id)}: use a letter followed by up to ${MAX_NODE_NAME - 1} letters, digits, '-', '.' or '_'`);
+  }
+  if (typeof disk.serial !== 'string' || !/^[A-Za-z0-9._-]+$/.test(disk.serial) || disk.serial.length > MAX_SERIAL) {
+    throw new TypeError(`Invalid serial ${JSON.stringify(disk.serial)} of SCSI disk ${disk.id}: use 1 to ${MAX_SERIAL} letters, digits, '-', '.' or '_' (the guest's udev names the disk by it)`);
+  }
+  if (typeof disk.file !== 'string' || !disk.file.startsWith('/')) {
+    throw new TypeError(`The image of SCSI disk ${disk.id} must be an absolute path, got ${JSON.stringify(disk.file)}`);
+  }
+}
+
+/** A -blockdev/-device pair per read-only SCSI disk; ids and serials must differ between disks. */
+function scsiDisksArgs(disks: ScsiDisk[]): string[] {
+  for (const [i, disk] of disks.entries()) {
+    checkScsiDisk(disk);
+    const twin = disks.findIndex((other) => other.id === disk.id || other.serial === disk.serial);
+    if (twin !== i) throw new TypeError(`SCSI disks ${twin} and ${i} share the id or serial ${JSON.stringify(disk.id === disks[twin]!.id ? disk.id : disk.serial)}: give each disk its own`);
+  }
+  return disks.flatMap((disk) => [
+    '-blockdev', `driver=raw,node-name=${disk.id},read-only=on,file.driver=file,file.filename=${optValue(disk.file)},file.read-only=on`,
+    '-device', `scsi-hd,bus=${SCSI_CONTROLLER_ID}.0,drive=${disk.id},id=${disk.id},serial=${disk.serial}`,
+  ]);
 }
 
 /**
@@ -111,6 +165,9 @@ export function buildQemuArgv(config: QemuConfig): string[] {
           '-device', `virtserialport,bus=vser0.0,chardev=agent0,name=${AGENT_PORT_NAME}`,
         ]
       : []),
+    // Last of the PCI devices, so that the devices before it keep their slots (and the guest its NIC names).
+    '-device', `virtio-scsi-pci,id=${SCSI_CONTROLLER_ID}`,
+    ...scsiDisksArgs(config.scsiDisks ?? []),
     '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp0,mode=control',
     '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}${config.serialAppend ? ',append=on' : ''}`,

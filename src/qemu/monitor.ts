@@ -3,6 +3,7 @@
 import { QemuError } from '../errors.ts';
 import { pollFor, retryUntil } from '../util/retry.ts';
 import { quoteArg } from '../util/shell-quote.ts';
+import { checkScsiDisk, SCSI_CONTROLLER_ID, type ScsiDisk } from './argv.ts';
 import { parseSnapshots, parseUsernetForwards, type SnapshotInfo, type UsernetForward } from './hmp.ts';
 import { exitedError, type QemuProcess } from './process.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -11,8 +12,28 @@ import { QmpClient, type QmpEvent } from './qmp.ts';
 const CONNECT_WITHIN_MS = 30_000;
 /** The user network's NIC (see buildQemuArgv). */
 const USER_NETDEV = 'net0';
+/**
+ * Unplugging a SCSI disk needs no guest cooperation: QEMU 7.2 sends DEVICE_DELETED 50-140 ms after
+ * device_del even when paused at -S with no OS (the guest is told, not asked).
+ */
+const DETACH_WITHIN_MS = 10_000;
 
 export type ForwardProtocol = 'tcp' | 'udp';
+
+/** A disk image to hot-plug read-only (see ScsiDisk); only raw images, never probed. */
+export interface AttachDiskOptions extends ScsiDisk {
+  format: 'raw';
+}
+
+/** A block device as QEMU lists it (query-block). */
+export interface BlockDeviceInfo {
+  /** The device's id (qdev id, or its QOM path when it has none). */
+  device: string;
+  /** The block node's name; QEMU makes one up (`#block123`) for nodes it named itself. */
+  node: string | undefined;
+  file: string | undefined;
+  readOnly: boolean;
+}
 
 export interface MonitorOptions {
   /** Names the guest in messages ("guest web-1"). */
@@ -102,6 +123,107 @@ export class QemuMonitor {
   async removeForward(protocol: ForwardProtocol, hostPort: number): Promise<void> {
     const reply = await this.#hmp(`hostfwd_remove ${USER_NETDEV} ${protocol}:127.0.0.1:${hostPort}`);
     if (!/removed/i.test(reply) && reply.trim()) throw new QemuError(`QEMU could not remove the forward of ${protocol} host port ${hostPort} of ${this.#label}: ${reply.trim()}`);
+  }
+
+  /**
+   * Hot-plugs a raw image as a read-only SCSI disk on the guest's virtio-scsi controller: a block node
+   * named `id`, then a scsi-hd with id `id` and serial `serial`. If the device cannot be added, the
+   * node is removed again.
+   */
+  async attachDisk(disk: AttachDiskOptions): Promise<void> {
+    checkScsiDisk(disk);
+    if (disk.format !== 'raw') throw new TypeError(`Expected \`format\` of disk ${disk.id} to be 'raw', got ${JSON.stringify(disk.format)}`);
+    const what = `read-only disk ${disk.id} (${disk.file}) of ${this.#label}`;
+    try {
+      await this.#qmp.execute('blockdev-add', {
+        driver: 'raw',
+        'node-name': disk.id,
+        'read-only': true,
+        file: { driver: 'file', filename: disk.file, 'read-only': true },
+      });
+    } catch (error) {
+      throw this.#failed(`QEMU could not open ${what}`, error);
+    }
+    try {
+      await this.#qmp.execute('device_add', { driver: 'scsi-hd', bus: `${SCSI_CONTROLLER_ID}.0`, drive: disk.id, id: disk.id, serial: disk.serial });
+    } catch (error) {
+      await this.#qmp.execute('blockdev-del', { 'node-name': disk.id }).catch(() => undefined);
+      throw this.#failed(`QEMU could not plug in ${what}`, error);
+    }
+  }
+
+  /**
+   * Unplugs a disk added by attachDisk() (or on the command line as a ScsiDisk) and closes its image:
+   * device_del, wait for DEVICE_DELETED, blockdev-del. A part that is already gone is skipped. The
+   * guest should have unmounted it first: the disk vanishes under it.
+   */
+  async detachDisk(id: string, deadline = Date.now() + DETACH_WITHIN_MS): Promise<void> {
+    const what = `disk ${id} of ${this.#label}`;
+    if (await this.#hasDevice(id)) {
+      let deleted = false;
+      const onEvent = (event: QmpEvent) => {
+        if (event.event === 'DEVICE_DELETED' && event.data?.device === id) deleted = true;
+      };
+      this.#qmp.on('event', onEvent);
+      try {
+        await this.#qmp.execute('device_del', { id }).catch((error: unknown) => {
+          throw this.#failed(`QEMU could not unplug ${what}`, error);
+        });
+        // The event is the signal. The device leaves its QOM parent a little earlier, which covers an
+        // event that was missed (a second call); blockdev-del below waits for the rest.
+        await pollFor(async () => (deleted || !(await this.#hasDevice(id)) ? true : undefined), {
+          deadline,
+          minDelayMs: 10,
+          maxDelayMs: 200,
+          isFinal: (error) => error instanceof QemuError,
+          stopWhen: () => exitedError(this.#qemu, `while unplugging ${what}`),
+          onDeadline: () => new QemuError(`QEMU did not finish unplugging ${what} in time (no DEVICE_DELETED event): the guest may be holding it`),
+        });
+      } finally {
+        this.#qmp.off('event', onEvent);
+      }
+    }
+    const nodes = await this.#qmp.execute<{ 'node-name'?: string }[]>('query-named-block-nodes', { flat: true });
+    if (!nodes.some((node) => node['node-name'] === id)) return;
+    // QEMU lets go of the node only when the device is finalized, with DEVICE_DELETED ("in use" until then).
+    await pollFor(async () => {
+      try {
+        await this.#qmp.execute('blockdev-del', { 'node-name': id });
+        return true;
+      } catch (error) {
+        if (/is in use/i.test((error as Error).message) && !this.#qemu.hasExited) return undefined;
+        throw this.#failed(`QEMU could not close the image of ${what}`, error);
+      }
+    }, {
+      deadline,
+      minDelayMs: 5,
+      maxDelayMs: 100,
+      isFinal: (error) => error instanceof QemuError,
+      stopWhen: () => exitedError(this.#qemu, `while closing the image of ${what}`),
+      onDeadline: () => new QemuError(`QEMU still holds the image of ${what} after unplugging it (blockdev-del: node in use)`),
+    });
+  }
+
+  /** The block devices QEMU has, with their images and whether the guest may write them. */
+  async blockDevices(): Promise<BlockDeviceInfo[]> {
+    const devices = await this.#qmp.execute<{ device?: string; qdev?: string; inserted?: { 'node-name'?: string; file?: string; ro?: boolean } }[]>('query-block');
+    return devices.map((d) => ({
+      device: d.device || d.qdev || '',
+      node: d.inserted?.['node-name'],
+      file: d.inserted?.file,
+      readOnly: d.inserted?.ro ?? true,
+    }));
+  }
+
+  async #hasDevice(id: string): Promise<boolean> {
+    const children = await this.#qmp.execute<{ name: string }[]>('qom-list', { path: '/machine/peripheral' });
+    return children.some((child) => child.name === id);
+  }
+
+  /** QEMU's refusal, with its words and its last output (QEMU may have exited meanwhile). */
+  #failed(message: string, error: unknown): QemuError {
+    const gone = exitedError(this.#qemu, `(${message})`);
+    return gone ?? new QemuError(`${message}: ${(error as Error).message}`, { cause: error });
   }
 
   /** savevm: disk and running state into the guest's qcow2 overlay under `tag` (the guest pauses meanwhile). */

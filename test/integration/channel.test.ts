@@ -13,7 +13,7 @@ import { describe, expect, test as base } from 'vitest';
 
 const run = promisify(execFile);
 const test = base.extend<{ vm: StartedGuest }>({
-  vm: guestFixture({ image: 'debian-12', clone: false }),
+  vm: guestFixture({ image: 'debian-12' }, { scope: 'file' }),
 });
 
 describe('a guest with nothing for cloud-init', () => {

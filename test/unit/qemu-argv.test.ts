@@ -91,6 +91,47 @@ describe('buildQemuArgv', () => {
   });
 });
 
+describe('buildQemuArgv: SCSI disks for mounts', () => {
+  test('every guest has the virtio-scsi controller, as the last PCI device: the devices before it keep their slots', () => {
+    const devices = option(buildQemuArgv(base), '-device');
+    expect(devices).toEqual([
+      'virtio-blk-pci,drive=disk0',
+      'virtio-blk-pci,drive=seed0',
+      'virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56',
+      'virtio-rng-pci,rng=rng0',
+      'virtio-scsi-pci,id=scsi0',
+    ]);
+    expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', localPort: 1, remotePort: 2 }] }), '-device').at(-1)).toBe('virtio-scsi-pci,id=scsi0');
+    expect(option(buildQemuArgv(base), '-blockdev')).toEqual([]);
+  });
+
+  test('a SCSI disk is a read-only raw node and a scsi-hd with its serial on the controller', () => {
+    const argv = buildQemuArgv({ ...base, scsiDisks: [{ id: 'glmnt0', file: '/inst/glmnt0.img', serial: 'glmnt0' }, { id: 'glmnt1', file: '/inst/a,b.img', serial: 'glmnt1' }] });
+    expect(option(argv, '-blockdev')).toEqual([
+      'driver=raw,node-name=glmnt0,read-only=on,file.driver=file,file.filename=/inst/glmnt0.img,file.read-only=on',
+      'driver=raw,node-name=glmnt1,read-only=on,file.driver=file,file.filename=/inst/a,,b.img,file.read-only=on',
+    ]);
+    expect(option(argv, '-device').slice(-3)).toEqual([
+      'virtio-scsi-pci,id=scsi0',
+      'scsi-hd,bus=scsi0.0,drive=glmnt0,id=glmnt0,serial=glmnt0',
+      'scsi-hd,bus=scsi0.0,drive=glmnt1,id=glmnt1,serial=glmnt1',
+    ]);
+  });
+
+  test('ids, serials and files QEMU would refuse, or two disks with one id, are refused before QEMU runs', () => {
+    const disk = { id: 'glmnt0', file: '/inst/x.img', serial: 'glmnt0' };
+    const build = (...scsiDisks: (typeof disk)[]) => () => buildQemuArgv({ ...base, scsiDisks });
+    expect(build({ ...disk, id: '0disk' })).toThrow(/Invalid SCSI disk id "0disk": use a letter followed by/);
+    expect(build({ ...disk, id: 'a,b' })).toThrow(/Invalid SCSI disk id/);
+    expect(build({ ...disk, id: 'x'.repeat(32) })).toThrow(/Invalid SCSI disk id/);
+    expect(build({ ...disk, serial: 'has space' })).toThrow(/Invalid serial "has space" of SCSI disk glmnt0/);
+    expect(build({ ...disk, serial: 's'.repeat(21) })).toThrow(/1 to 20 letters/);
+    expect(build({ ...disk, file: 'relative.img' })).toThrow(/The image of SCSI disk glmnt0 must be an absolute path/);
+    expect(build(disk, { ...disk, file: '/inst/y.img' })).toThrow('SCSI disks 0 and 1 share the id or serial "glmnt0": give each disk its own');
+    expect(build(disk, { ...disk, id: 'glmnt1' })).toThrow(/SCSI disks 0 and 1 share the id or serial "glmnt0"/);
+  });
+});
+
 describe('buildQemuArgv for a clone', () => {
   test('a clone resumes from the saved state and appends to its console log; a boot does neither', () => {
     const clone = buildQemuArgv({ ...base, incoming: "exec:cat '/inst/tmpl 1/vmstate'", serialAppend: true });

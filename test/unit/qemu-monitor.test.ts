@@ -129,6 +129,53 @@ describe('QemuMonitor', () => {
     monitor.close();
   });
 
+  test('attachDisk adds a read-only raw node, then a scsi-hd on the controller; a refused device takes its node away again', async () => {
+    const socket = path.join(root, 'qmp');
+    const seen: string[] = [];
+    const args: Record<string, unknown> = {};
+    server = await qmpPeer(socket, {
+      'blockdev-add': (a: unknown) => (args['blockdev-add'] = a, {}),
+      device_add: () => new Error("Duplicate device ID 'glmnt0'"),
+      'blockdev-del': (a: unknown) => (args['blockdev-del'] = a, {}),
+    }, seen);
+    const monitor = await QemuMonitor.connect(socket, fakeQemu(), { label: 'guest web', deadline: Date.now() + 5000 });
+    await expect(monitor.attachDisk({ id: 'glmnt0', file: '/inst/glmnt0.img', format: 'raw', serial: 'glmnt0' }))
+      .rejects.toThrow("QEMU could not plug in read-only disk glmnt0 (/inst/glmnt0.img) of guest web: QMP device_add failed: GenericError: Duplicate device ID 'glmnt0'");
+    expect(seen).toEqual(['qmp_capabilities', 'blockdev-add', 'device_add', 'blockdev-del']);
+    expect(args['blockdev-add']).toEqual({ driver: 'raw', 'node-name': 'glmnt0', 'read-only': true, file: { driver: 'file', filename: '/inst/glmnt0.img', 'read-only': true } });
+    expect(args['blockdev-del']).toEqual({ 'node-name': 'glmnt0' });
+    await expect(monitor.attachDisk({ id: 'glmnt0', file: 'rel.img', format: 'raw', serial: 'glmnt0' })).rejects.toThrow(/must be an absolute path/);
+    expect(seen).toHaveLength(4);
+    monitor.close();
+  });
+
+  test('detachDisk has a deadline when the device never goes, and ends at once when QEMU exits', async () => {
+    const socket = path.join(root, 'qmp');
+    const qemu = fakeQemu();
+    const seen: string[] = [];
+    server = await qmpPeer(socket, { 'qom-list': [{ name: 'type' }, { name: 'glmnt0' }] }, seen);
+    const monitor = await QemuMonitor.connect(socket, qemu, { label: 'guest web', deadline: Date.now() + 5000 });
+    let started = Date.now();
+    await expect(monitor.detachDisk('glmnt0', Date.now() + 300)).rejects.toThrow('QEMU did not finish unplugging disk glmnt0 of guest web in time (no DEVICE_DELETED event)');
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(seen).not.toContain('blockdev-del');
+    setTimeout(() => qemu.end({ exitCode: undefined, signal: 'SIGKILL' }), 100);
+    started = Date.now();
+    await expect(monitor.detachDisk('glmnt0', Date.now() + 60_000)).rejects.toThrow(/^QEMU was killed by SIGKILL while unplugging disk glmnt0 of guest web:\nqemu-system-x86_64: the last words/);
+    expect(Date.now() - started).toBeLessThan(3000);
+    monitor.close();
+  });
+
+  test('detachDisk skips what is already gone', async () => {
+    const socket = path.join(root, 'qmp');
+    const seen: string[] = [];
+    server = await qmpPeer(socket, { 'qom-list': [{ name: 'type' }, { name: 'scsi0' }], 'query-named-block-nodes': [{ 'node-name': 'glmnt1' }] }, seen);
+    const monitor = await QemuMonitor.connect(socket, fakeQemu(), { label: 'guest web', deadline: Date.now() + 5000 });
+    await monitor.detachDisk('glmnt0');
+    expect(seen).toEqual(['qmp_capabilities', 'qom-list', 'query-named-block-nodes']);
+    monitor.close();
+  });
+
   test('connecting fails at once, with QEMU’s output, when QEMU has exited', async () => {
     const qemu = fakeQemu();
     qemu.end({ exitCode: 1, signal: undefined });
