@@ -6,6 +6,8 @@ import { readEnv } from './env.ts';
 export interface GuestlabPaths {
   /** Root of the cache: images live in `images/` below it. */
   cacheDir: string;
+  /** The guest agent, compiled once per version of its source. */
+  agentDir: string;
   /** Built and downloaded base images. */
   imagesDir: string;
   /** One private directory per running guest. */
@@ -26,6 +28,7 @@ export function guestlabPaths(env: NodeJS.ProcessEnv = process.env): GuestlabPat
   return {
     cacheDir,
     imagesDir: path.join(cacheDir, 'images'),
+    agentDir: path.join(cacheDir, 'agent'),
     instancesDir: readEnv('GUESTLAB_INSTANCES_DIR', env) ?? path.join(cacheDir, 'instances'),
     // The project's own images/ first, so a project can override a shipped recipe by name.
     recipeDirs: dedupe([...userRecipes, path.resolve('images'), path.join(packageRoot, 'images')]),

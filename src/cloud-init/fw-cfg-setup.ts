@@ -7,11 +7,17 @@ import { writePrivateFile } from '../util/fs.ts';
 
 /** The fw_cfg name prefix the guest's setup script reads under /sys/firmware/qemu_fw_cfg/by_name/. */
 export const FW_CFG_PREFIX = 'opt/org.guestlab/';
-/** Appended to the kernel command line of a boot that leaves cloud-init off. */
-export const CLOUD_INIT_OFF = 'cloud-init=disabled';
+/**
+ * Appended to the kernel command line of a boot that leaves cloud-init off: ifupdown goes too
+ * (guestlab-net.service sets eth0's fixed address; ifupdown-pre waits for udev to settle first).
+ */
+export const CLOUD_INIT_OFF = 'cloud-init=disabled systemd.mask=networking.service systemd.mask=ifupdown-pre.service';
 
-/** QEMU's user-mode network: the guest's fixed address, the gateway; DNS is 10.0.2.3. */
-const USER_NET_ETH0 = 'auto eth0\niface eth0 inet static\n    address 10.0.2.15/24\n    gateway 10.0.2.2\n';
+/**
+ * eth0 on QEMU's user-mode network, as an `ip -batch` file (guestlab-net.service): the address its
+ * DHCP server would give, the gateway; DNS is 10.0.2.3.
+ */
+const USER_NET_ETH0 = 'link set lo up\naddr add 10.0.2.15/24 dev eth0\nlink set eth0 up\nroute add default via 10.0.2.2\n';
 const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 const HOST_NAME = /^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/;
 
@@ -44,8 +50,8 @@ export function setupEntries(input: SetupInput): Record<string, string> {
   if (!USER_NAME.test(input.user)) throw new TypeError(`Expected \`user\` to be a Linux user name (lower case, up to 32 characters), got ${JSON.stringify(input.user)}`);
   if (!HOST_NAME.test(input.hostname)) throw new TypeError(`Expected the guest's name to be a host name (letters, digits and inner dashes), got ${JSON.stringify(input.hostname)}`);
   return {
-    user: input.user,
-    hostname: input.hostname,
+    user: `${input.user}\n`,
+    hostname: `${input.hostname}\n`,
     authorized_keys: `${input.authorizedKey.trim()}\n`,
     ssh_host_ed25519_key: input.hostKey.privateKey,
     'ssh_host_ed25519_key.pub': `${input.hostKey.publicKey.trim()}\n`,

@@ -32,7 +32,8 @@ describe('setup entries', () => {
     expect(Object.keys(entries).sort()).toEqual(['authorized_keys', 'eth0', 'hostname', 'ssh_host_ed25519_key', 'ssh_host_ed25519_key.pub', 'user']);
     expect(entries.authorized_keys).toBe('ssh-ed25519 AAAAclient guestlab@x\n');
     expect(entries['ssh_host_ed25519_key.pub']).toBe('ssh-ed25519 AAAAhost root@web-1\n');
-    expect(entries.eth0).toMatch(/address 10\.0\.2\.15\/24/);
+    expect(entries.eth0).toMatch(/^addr add 10\.0\.2\.15\/24 dev eth0$/m);
+    expect(entries.user).toBe('guestlab\n');
   });
 
   test('refuse a user or host name the guest script would refuse', () => {
@@ -70,7 +71,8 @@ test('the shipped Debian recipes have the setup unit, and the guest script reads
   const recipe = await loadRecipe('images/debian-12.yaml');
   expect(recipe.features).toContain('fw-cfg-setup');
   const script = recipe.files.find((f) => f.path === '/usr/local/lib/guestlab/setup')!.content;
-  for (const name of Object.keys(setupEntries(input))) expect(script).toContain(`get ${name}`);
+  for (const name of Object.keys(setupEntries(input)).filter((n) => n !== 'eth0')) expect(script).toMatch(new RegExp(`(get |/)${name.replaceAll('.', '\\.')}\\b`));
+  expect(recipe.files.find((f) => f.path === '/etc/systemd/system/guestlab-net.service')!.content).toContain(`${FW_CFG_PREFIX}eth0/raw`);
   expect(script).toContain(FW_CFG_PREFIX.replace(/\/$/, ''));
   for (const release of ['debian-11', 'debian-13']) expect((await loadRecipe(`images/${release}.yaml`)).features).toContain('fw-cfg-setup');
 });

@@ -14,7 +14,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
-import { agentStep } from './agent.ts';
+import { agentBinaryStep, agentStep } from './agent.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
 
@@ -119,7 +119,7 @@ export const seedStep: LaunchStep = {
       state.cloudInit = 'skipped';
       state.media = {
         ...state.media,
-        fwCfg: await writeSetupEntries(instance.dir, setup),
+        fwCfg: [...(state.media?.fwCfg ?? []), ...(await writeSetupEntries(instance.dir, setup))],
         kernel: { ...kernel, cmdline: `${kernel.cmdline} ${CLOUD_INIT_OFF}` },
       };
       return;
@@ -163,5 +163,5 @@ export { qemuStep };
 
 export const FRESH_BOOT: readonly LaunchStep[] = [
   hostStep, sweepStep, imageStep, diskSpaceStep, budgetStep, instanceStep, keysStep, diskStep, networksStep, seedStep,
-  qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep,
+  agentBinaryStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep,
 ];
