@@ -6,6 +6,8 @@ export { startGuest, type StartOptions } from './guest/start.ts';
 export { createTemplate, GuestTemplate, templateKey, type TemplateTimings } from './guest/template.ts';
 export { StartedGuest, type ExecOptions, type ExecResult, type SshInfo, type BootTimings, type GuestNetworkInfo } from './guest/started-guest.ts';
 export type { GuestSpec } from './guest/spec.ts';
+export type { MountSpec } from './mounts/mount-spec.ts';
+export type { GuestMount } from './guest/mounts.ts';
 export type { WaitOptions } from './guest/waits.ts';
 export type { WriteFileOptions, ReadFileOptions } from './guest/files.ts';
 export type { GuestEvidence } from './guest/evidence.ts';

@@ -8,6 +8,7 @@ import { guestlabPaths } from '../config.ts';
 import { exists } from '../util/fs.ts';
 import { describeValue, expectOneOf, expectPositiveInteger, expectString, isPlainObject } from '../util/validate.ts';
 import { loadYamlFile } from '../util/yaml-file.ts';
+import type { MountSpec, ResolvedMount } from '../mounts/mount-spec.ts';
 
 export interface GuestSpec {
   /** Catalog name, e.g. 'debian-12'. */
@@ -37,6 +38,12 @@ export interface GuestSpec {
    * under either; one with its own bootloader needs a bootloader for that firmware.
    */
   firmware?: 'bios' | 'uefi';
+  /**
+   * Host directories shown read-only in the guest: `[{ host: './dist', guest: '/mnt/dist' }]`. Each
+   * is a snapshot of the directory taken when the guest starts (an ext4 image on a read-only disk);
+   * vm.mount() adds one at run time, and mounting again shows later changes.
+   */
+  mounts?: MountSpec[];
 }
 
 export interface ResolvedSpec {
@@ -51,9 +58,11 @@ export interface ResolvedSpec {
   networks: { name: string; address: string | undefined }[];
   /** Undefined: the image's default firmware. */
   firmware: 'bios' | 'uefi' | undefined;
+  /** Host directories checked by specFrom() (they must exist); undefined: none. */
+  mounts?: ResolvedMount[] | undefined;
 }
 
-const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks', 'firmware'] as const;
+const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks', 'firmware', 'mounts'] as const;
 const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
@@ -73,6 +82,7 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     }
   }
   const image = expectString('image', spec.image);
+  if (spec.mounts !== undefined && !Array.isArray(spec.mounts)) throw new TypeError(`Expected \`mounts\` to be an array of { host, guest }, got ${describeValue(spec.mounts)}`);
   const name = spec.name === undefined ? defaultName(image) : expectString('name', spec.name, HOSTNAME, 'use lowercase letters, digits and inner hyphens (a hostname), at most 63 characters');
   if (spec.cloudConfig !== undefined && !isPlainObject(spec.cloudConfig)) {
     throw new TypeError(`Expected \`cloudConfig\` to be a plain object of cloud-config keys, got ${describeValue(spec.cloudConfig)}`);

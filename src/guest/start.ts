@@ -2,6 +2,7 @@
 // Clones of a template (template.ts) run the steps in launch/clone.ts.
 import { validateEnvironment } from '../env.ts';
 import { log as rootLog } from '../log.ts';
+import { resolveMounts } from '../mounts/mount-spec.ts';
 import { FRESH_BOOT } from './launch/boot.ts';
 import { launch } from './launch/launch.ts';
 import { newLaunchState } from './launch/steps.ts';
@@ -28,5 +29,9 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
  */
 export async function specFrom(specOrFixture: GuestSpec | string): Promise<ResolvedSpec> {
   validateEnvironment(process.env, (message) => rootLog.warn(message));
-  return resolveSpec(typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture);
+  const spec = typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture;
+  const resolved = resolveSpec(spec);
+  // The host directories are looked at here, before anything starts: a missing one fails at once.
+  const mounts = await resolveMounts(spec.mounts);
+  return mounts.length ? { ...resolved, mounts } : resolved;
 }

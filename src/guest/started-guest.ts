@@ -14,6 +14,8 @@ import type { ForwardProtocol } from '../qemu/monitor.ts';
 import { exitedError } from '../qemu/process.ts';
 import { describeValue } from '../util/validate.ts';
 import { Checkpoints, type CheckpointInfo, type RestoreTimings } from './checkpoints.ts';
+import type { MountSpec } from '../mounts/mount-spec.ts';
+import { GuestMounts, type GuestMount } from './mounts.ts';
 import { runCommand, runOnAgent, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
 import { readConsole, waitForConsole, waitForFile, waitForPort, waitForUnit, waitUntil } from './conditions.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
@@ -48,6 +50,8 @@ export interface StartedGuestInit {
   networks: GuestNetworkInfo[];
   /** Set for a guest cloned from a template: the template's id. */
   clonedFrom?: string | undefined;
+  /** The host directories mounted at boot. */
+  mounts?: readonly GuestMount[] | undefined;
 }
 
 export class StartedGuest implements AsyncDisposable {
@@ -68,6 +72,7 @@ export class StartedGuest implements AsyncDisposable {
   readonly #resources: RunningResources;
   readonly #forwards: Forwards;
   readonly #checkpoints: Checkpoints;
+  readonly #mounts: GuestMounts;
   #stopping: Promise<void> | undefined;
   #kept = false;
 
@@ -88,6 +93,7 @@ export class StartedGuest implements AsyncDisposable {
     const monitor = () => this.#resources.monitor;
     const checkUsable = () => this.#checkUsable();
     this.#forwards = new Forwards(monitor, checkUsable);
+    this.#mounts = new GuestMounts({ guest: init.name, dir: init.instance.dir, exec: (argv, options) => this.exec(argv, options), monitor, booted: init.mounts ?? [] });
     this.#checkpoints = new Checkpoints(this, {
       monitor,
       checkUsable,
@@ -126,6 +132,26 @@ export class StartedGuest implements AsyncDisposable {
     return running.catch((error: unknown) => {
       throw this.#resources.diskFull ?? error;
     });
+  }
+
+  /**
+   * Shows a host directory read-only at `guest` in the guest: a snapshot of the directory as it is
+   * now (an ext4 image on a hot-plugged disk). Mount it again after unmount() to see later changes.
+   */
+  async mount(spec: MountSpec, options: { signal?: AbortSignal } = {}): Promise<GuestMount> {
+    this.#checkUsable();
+    return this.#mounts.mount(spec, options.signal);
+  }
+
+  /** Unmounts a directory that mount() or the spec's `mounts` put at `guestPath`, and unplugs its disk. */
+  async unmount(guestPath: string): Promise<void> {
+    this.#checkUsable();
+    return this.#mounts.unmount(guestPath);
+  }
+
+  /** The host directories mounted in the guest now. */
+  get mounts(): GuestMount[] {
+    return this.#mounts.list();
   }
 
   /** Runs a script through `sh -c`. */

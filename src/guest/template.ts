@@ -135,6 +135,7 @@ export class GuestTemplate implements AsyncDisposable {
       kernel: media.kernel,
       seed: media.seed,
       fwCfg: media.fwCfg,
+      mounts: [...state.mounts],
       cloudInit: state.cloudInit,
       uefi: media.uefi,
       resumeWaiter: saved.resumeWaiter,

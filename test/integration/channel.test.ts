@@ -4,16 +4,28 @@
 // test takes the guest's network and sshd down, so it goes last.
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { StartedGuest } from 'guestlab';
 import { guestFixture } from 'guestlab/vitest';
-import { describe, expect, test as base } from 'vitest';
+import { afterAll, describe, expect, test as base } from 'vitest';
 
 const run = promisify(execFile);
+
+// A host directory the guest boots with, and one it mounts at run time.
+const bootDir = mkdtempSync(path.join(os.tmpdir(), 'gl-mount-'));
+const blob = randomBytes(3 * 1048576 + 17);
+mkdirSync(path.join(bootDir, 'sub'));
+writeFileSync(path.join(bootDir, 'sub', 'blob.bin'), blob);
+writeFileSync(path.join(bootDir, 'run.sh'), '#!/bin/sh\necho ran\n', { mode: 0o755 });
+symlinkSync('sub/blob.bin', path.join(bootDir, 'link'));
+afterAll(() => rmSync(bootDir, { recursive: true, force: true }));
+
 const test = base.extend<{ vm: StartedGuest }>({
-  vm: guestFixture({ image: 'debian-12' }, { scope: 'file' }),
+  vm: guestFixture({ image: 'debian-12', mounts: [{ host: bootDir, guest: '/mnt/boot' }] }, { scope: 'file' }),
 });
 
 describe('a guest with nothing for cloud-init', () => {
@@ -56,6 +68,37 @@ describe('a guest with nothing for cloud-init', () => {
     await vm.writeFile('/tmp/blob', data);
     expect(await vm.succeed(['sha256sum', '/tmp/blob'])).toBe(`${createHash('sha256').update(data).digest('hex')}  /tmp/blob\n`);
     expect(Buffer.compare((await vm.readFile('/tmp/blob')) as Buffer, data)).toBe(0);
+  });
+
+  test('a host directory mounted at boot shows byte for byte, read-only', async ({ vm }) => {
+    expect(await vm.succeed(['sha256sum', '/mnt/boot/sub/blob.bin'])).toBe(`${createHash('sha256').update(blob).digest('hex')}  /mnt/boot/sub/blob.bin\n`);
+    expect(await vm.succeed(['/mnt/boot/run.sh'])).toBe('ran\n');
+    expect(await vm.succeed(['readlink', '/mnt/boot/link'])).toBe('sub/blob.bin\n');
+    const write = await vm.exec(['touch', '/mnt/boot/new'], { sudo: true });
+    expect(write.exitCode).not.toBe(0);
+    expect(write.stderr).toMatch(/Read-only file system/);
+    expect(vm.mounts.map((m) => m.guest)).toEqual(['/mnt/boot']);
+  });
+
+  test('a directory mounted at run time is a snapshot; unmount unplugs it', async ({ vm }) => {
+    const later = await fs.mkdtemp(path.join(os.tmpdir(), 'gl-mount-'));
+    try {
+      await fs.writeFile(path.join(later, 'a.txt'), 'first\n');
+      const mount = await vm.mount({ host: later, guest: '/srv/later' });
+      expect(await vm.succeed(['cat', '/srv/later/a.txt'])).toBe('first\n');
+      await fs.writeFile(path.join(later, 'a.txt'), 'second\n');
+      expect(await vm.succeed(['cat', '/srv/later/a.txt'])).toBe('first\n');
+      await vm.unmount('/srv/later');
+      expect((await vm.exec(['mountpoint', '-q', '/srv/later'])).exitCode).not.toBe(0);
+      expect(await vm.exec(['test', '-e', `/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_${mount.serial}`])).toMatchObject({ exitCode: 1 });
+      await fs.access(mount.file).then(() => expect.unreachable('the image is removed'), () => undefined);
+      await vm.mount({ host: later, guest: '/srv/later' });
+      expect(await vm.succeed(['cat', '/srv/later/a.txt'])).toBe('second\n');
+      await expect(vm.mount({ host: later, guest: '/srv/later/x' })).rejects.toThrow(/mount\(\)\.guest/);
+      await expect(vm.mount({ host: path.join(later, 'missing'), guest: '/srv/other' })).rejects.toThrow(/missing/);
+    } finally {
+      await fs.rm(later, { recursive: true, force: true });
+    }
   });
 
   test('nobody but the instance directory’s owner can connect to the channel’s socket', async ({ vm }) => {

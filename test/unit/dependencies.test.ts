@@ -32,13 +32,14 @@ const RULES: DependencyRules = {
     guest: ['agent', 'budget', 'cloud-init', 'config', 'disk', 'env', 'errors', 'exec-result', 'host', 'images', 'inspect', 'log', 'mounts', 'network', 'qemu', 'reaper', 'ssh', 'util'],
     vitest: ['env', 'errors', 'exec-result', 'guest', 'inspect', 'log', 'network', 'util'],
     cli: ['budget', 'config', 'env', 'errors', 'guest', 'host', 'images', 'qemu', 'reaper', 'util'],
-    index: ['errors', 'guest', 'host', 'images', 'inspect', 'network'],
+    index: ['errors', 'guest', 'host', 'images', 'inspect', 'mounts', 'network'],
   },
   packages: {
     util: ['execa', 'p-retry', 'yaml', 'node:net'],
     host: ['execa'],
     'cloud-init': ['yaml'],
     ssh: ['ssh2', 'node:net'],
+    agent: ['node:net'],
     qemu: ['node:child_process', 'node:net'],
     network: ['node:dgram'],
     vitest: ['vitest'],
@@ -56,6 +57,7 @@ const RULES: DependencyRules = {
     isoTool: ['cloud-init'],
     mmdebstrap: ['images'],
     mkfsExt4: ['images', 'mounts'],
+    gcc: ['agent'],
   },
   toolsExempt: ['host'],
 };

@@ -90,7 +90,7 @@ describe('runSteps', () => {
 });
 
 test('every step of a fresh boot and of a clone says what it does and where to look', () => {
-  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', kernel: undefined, seed: '/x/seed', fwCfg: undefined, cloudInit: 'ran', uefi: undefined, resumeWaiter: true });
+  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', kernel: undefined, seed: '/x/seed', fwCfg: undefined, mounts: [], cloudInit: 'ran', uefi: undefined, resumeWaiter: true });
   for (const steps of [FRESH_BOOT, clone]) {
     const names = steps.map((s) => s.name);
     expect(new Set(names).size).toBe(names.length);
@@ -100,6 +100,6 @@ test('every step of a fresh boot and of a clone says what it does and where to l
       expect(s.hint.length).toBeGreaterThan(10);
     }
   }
-  expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'cloud-init']);
-  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'restore', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'fixup']);
+  expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'agent-binary', 'mount-images', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'cloud-init', 'mounts']);
+  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'restore', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'fixup']);
 });

@@ -15,6 +15,7 @@ import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { agentBinaryStep, agentStep } from './agent.ts';
+import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
 
@@ -163,5 +164,5 @@ export { qemuStep };
 
 export const FRESH_BOOT: readonly LaunchStep[] = [
   hostStep, sweepStep, imageStep, diskSpaceStep, budgetStep, instanceStep, keysStep, diskStep, networksStep, seedStep,
-  agentBinaryStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep,
+  agentBinaryStep, mountImagesStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep, mountStep,
 ];

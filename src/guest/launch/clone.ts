@@ -11,6 +11,7 @@ import type { SshSession } from '../../ssh/session.ts';
 import { quoteArg } from '../../util/shell-quote.ts';
 import { writePrivateFile } from '../../util/fs.ts';
 import type { InstanceDir } from '../instance.ts';
+import type { GuestMount } from '../mounts.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { agentStep } from './agent.ts';
@@ -69,6 +70,8 @@ export interface TemplateBase {
   /** The template's cloud-init seed or fw_cfg setup entries: the clone's QEMU has the same devices. */
   readonly seed: BootMedia['seed'];
   readonly fwCfg: BootMedia['fwCfg'];
+  /** The template's mount images: the clone's guest has them mounted already, as the template saw them. */
+  readonly mounts: readonly GuestMount[];
   readonly cloudInit: LaunchState['cloudInit'];
   /** The template's UEFI firmware; the clone copies its variable store. */
   readonly uefi: BootMedia['uefi'];
@@ -106,10 +109,12 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       }
       state.keys = { clientPrivateKey: template.clientPrivateKey, hostPublicKey: template.hostPublicKey };
       state.cloudInit = template.cloudInit;
+      state.mounts.push(...template.mounts);
       state.media = {
         disk: instance.file('overlay'),
         seed: template.seed,
         fwCfg: template.fwCfg,
+        scsiDisks: template.mounts.map((m) => ({ id: m.serial, file: m.file, serial: m.serial })),
         kernel: template.kernel,
         uefi: template.uefi && { code: template.uefi.code, vars: instance.file('efiVars') },
         // The saved state leaves out the RAM in the template's memory file (x-ignore-shared): the

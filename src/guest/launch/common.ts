@@ -80,6 +80,7 @@ export const qemuStep: LaunchStep = {
       disk: need(media.disk, 'disk'),
       seed: media.seed,
       fwCfg: media.fwCfg,
+      scsiDisks: media.scsiDisks,
       kernel: media.kernel,
       uefi: media.uefi,
       qmpSocket: instance.file('qmp'),

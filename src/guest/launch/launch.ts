@@ -53,5 +53,6 @@ function guestOf(state: LaunchState): StartedGuest {
     leaseWaitMs: resources.lease?.waitedMs ?? 0,
     networks: state.attachments.map(({ network, address, interfaceName, mac }) => ({ network, address, interfaceName, mac })),
     clonedFrom: state.clonedFrom,
+    mounts: state.mounts,
   });
 }

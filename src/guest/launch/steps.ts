@@ -10,6 +10,7 @@ import type { NetworkAttachment } from '../../network/network.ts';
 import type { BannerResult } from '../../ssh/banner.ts';
 import type { ConsoleWatch } from '../dead-end.ts';
 import type { InstanceDir } from '../instance.ts';
+import type { GuestMount } from '../mounts.ts';
 import { releaseResources, type GuestResources } from '../resources.ts';
 import type { ResolvedSpec } from '../spec.ts';
 import type { BootTimings } from '../types.ts';
@@ -19,8 +20,10 @@ export interface BootMedia {
   disk: string;
   /** The cloud-init seed; absent on a boot that leaves cloud-init off. */
   seed?: string | undefined;
-  /** guestlab's setup as fw_cfg entries, on a boot that leaves cloud-init off. */
+  /** guestlab's setup as fw_cfg entries, on a boot that leaves cloud-init off; the guest agent. */
   fwCfg?: { name: string; file: string }[] | undefined;
+  /** Read-only disks: the images of the spec's host directory mounts. */
+  scsiDisks?: { id: string; file: string; serial: string }[] | undefined;
   /** Direct kernel boot; undefined for images that carry their own bootloader. */
   kernel?: { kernel: string; initrd: string; cmdline: string } | undefined;
   /** UEFI firmware (OVMF) with the guest's own variable store; undefined: SeaBIOS. */
@@ -59,6 +62,8 @@ export interface LaunchState {
   keys?: { clientPrivateKey: string; clientPublicKey?: string; hostPrivateKey?: string; hostPublicKey: string };
   media?: Partial<BootMedia>;
   attachments: NetworkAttachment[];
+  /** The spec's host directory mounts, once their images are built (a clone: its template's). */
+  mounts: GuestMount[];
   watch?: ConsoleWatch;
   sshPort?: number;
   /** The socket that saw sshd's banner, positioned before it: the first authentication attempt uses it. */
@@ -89,7 +94,7 @@ export function need<T>(value: T | undefined, what: string): T {
 }
 
 export function newLaunchState(spec: ResolvedSpec, log: Logger, signal: AbortSignal | undefined): LaunchState {
-  return { spec, log, signal, t0: performance.now(), resources: { log }, attachments: [], timings: {}, stepMs: {} };
+  return { spec, log, signal, t0: performance.now(), resources: { log }, attachments: [], mounts: [], timings: {}, stepMs: {} };
 }
 
 export function sinceStart(state: LaunchState): number {
