@@ -2,6 +2,7 @@
 // digest of its source and flags, so an image build or a test reuses the binary of the same
 // source and never mixes two versions. Static: one binary runs on Debian 11, 12 and 13 guests.
 import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostRequirementError } from '../errors.ts';
@@ -16,7 +17,15 @@ const INSTALL_HINT = 'install them with: apt-get install gcc libc6-dev';
 
 /** 16 hex digits of sha256(source + flags): the name of the binary that source builds. */
 export async function agentSourceDigest(): Promise<string> {
-  const source = await fs.readFile(AGENT_SOURCE);
+  return digestOf(await fs.readFile(AGENT_SOURCE));
+}
+
+/** agentSourceDigest() for code that must stay synchronous (an image recipe's hash). */
+export function agentSourceDigestSync(): string {
+  return digestOf(readFileSync(AGENT_SOURCE));
+}
+
+function digestOf(source: Buffer): string {
   return createHash('sha256').update(source).update('\0').update(AGENT_CFLAGS.join(' ')).digest('hex').slice(0, 16);
 }
 

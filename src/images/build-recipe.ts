@@ -13,7 +13,8 @@ import { makePrivateDir } from '../util/fs.ts';
 import { run } from '../util/run.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import { cachedOrMade, imageDirName, type EnsureImageOptions } from './cache.ts';
-import { customizeScript, FSTAB } from './customize.ts';
+import { buildAgent } from '../agent/build.ts';
+import { AGENT_FILE, customizeScript, FSTAB } from './customize.ts';
 import { digestFiles, ensureVerified } from './digest.ts';
 import { assembleFirmwareDisk } from './firmware-disk.ts';
 import { builtImageOf, IMAGE_FILES, imageFilesOf, readManifest, sealImage, type BuiltImage, type ImageManifest } from './image-dir.ts';
@@ -66,6 +67,8 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
     await fs.mkdir(filesDir);
     await fs.writeFile(path.join(filesDir, 'fstab'), FSTAB);
     await Promise.all(recipe.files.map((file, i) => fs.writeFile(path.join(filesDir, String(i)), file.content)));
+    // The guest agent, compiled here (static: one binary serves every Debian release).
+    if (recipe.features.includes('agent')) await fs.copyFile(await buildAgent(guestlabPaths().agentDir), path.join(filesDir, AGENT_FILE));
     const hook = path.join(work, 'customize.sh');
     await fs.writeFile(hook, customizeScript(recipe, filesDir), { mode: 0o700 });
     const bootDir = path.join(work, 'boot');

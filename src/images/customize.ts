@@ -6,6 +6,11 @@ import type { ImageRecipe } from './recipe.ts';
 
 export const FSTAB = 'LABEL=root / ext4 rw,discard,errors=remount-ro 0 1\n';
 
+/** Where an image with the `agent` feature has the guest agent (its unit is one of the recipe's files). */
+export const AGENT_PATH = '/usr/local/lib/guestlab/guestlab-agent';
+/** The agent binary's name in the build's files directory. */
+export const AGENT_FILE = 'guestlab-agent';
+
 /** Where a recipe's `offlinePackages` are kept in the image, as a flat apt repository. */
 export const OFFLINE_REPO_DIR = '/var/lib/guestlab/offline-apt';
 /** The apt source for that repository; the image has it in OFFLINE_SOURCES_FILE. */
@@ -42,6 +47,7 @@ export function customizeScript(recipe: ImageRecipe, filesDir: string): string {
     lines.push(`install -D -m ${mode.toString(8).padStart(4, '0')} ${quoteArg(source)} "$root"${quoteArg(target)}`);
   put(path.join(filesDir, 'fstab'), '/etc/fstab', 0o644);
   recipe.files.forEach((file, i) => put(path.join(filesDir, String(i)), file.path, file.mode));
+  if (recipe.features.includes('agent')) put(path.join(filesDir, AGENT_FILE), AGENT_PATH, 0o755);
   // Every guest gets its own host key from cloud-init, and its own machine-id at first boot.
   lines.push('rm -f "$root"/etc/ssh/ssh_host_*', ': > "$root/etc/machine-id"', 'rm -f "$root/var/lib/dbus/machine-id"');
   for (const command of recipe.commands) lines.push(`chroot "$root" /bin/sh -ec ${quoteArg(command)}`);

@@ -2,33 +2,9 @@
 // SSH stays what users and real clients get; the agent is how guestlab itself runs commands and
 // moves files, and a guest whose agent does not answer still works, over SSH.
 import fs from 'node:fs/promises';
-import { buildAgent } from '../../agent/build.ts';
 import { AgentClient } from '../../agent/client.ts';
-import { FW_CFG_PREFIX } from '../../cloud-init/fw-cfg-setup.ts';
-import { guestlabPaths } from '../../config.ts';
 import { AbortedError } from '../../errors.ts';
 import { need, type LaunchStep } from './steps.ts';
-
-/** The fw_cfg entry guestlab-agent.service installs and runs. */
-export const AGENT_FW_CFG_NAME = `${FW_CFG_PREFIX}agent`;
-
-export const agentBinaryStep: LaunchStep = {
-  name: 'agent-binary',
-  description: 'compile the guest agent (once per version of its source) and hand it to the guest through fw_cfg',
-  hint: 'the agent is compiled with gcc (apt-get install gcc libc6-dev); without it, commands go over SSH',
-  async run(state) {
-    if (!need(state.image, 'image').features.includes('agent')) return;
-    try {
-      const file = await buildAgent(guestlabPaths().agentDir);
-      state.media = { ...state.media, fwCfg: [...(state.media?.fwCfg ?? []), { name: AGENT_FW_CFG_NAME, file }] };
-    } catch (error) {
-      state.log.warn(`guest ${state.spec.name}: no guest agent (${(error as Error).message.split('\n')[0]}); commands go over SSH`);
-    }
-  },
-};
-
-/** How long a guest whose sshd already answered may take for its agent's handshake. */
-const AGENT_WAIT_MS = 15_000;
 
 export const agentStep: LaunchStep = {
   name: 'agent',
@@ -36,7 +12,7 @@ export const agentStep: LaunchStep = {
   hint: '`journalctl -u guestlab-agent` in the guest says why the agent does not answer; commands then go over SSH',
   async run(state) {
     const image = need(state.image, 'image');
-    if (!image.features.includes('agent') || !state.media?.fwCfg?.some((entry) => entry.name === AGENT_FW_CFG_NAME)) return;
+    if (!image.features.includes('agent')) return;
     const instance = need(state.instance, 'instance');
     const socket = instance.file('agent');
     // QEMU made it under its umask; the instance directory (0700) already keeps others out.

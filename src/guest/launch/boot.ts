@@ -14,7 +14,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
-import { agentBinaryStep, agentStep } from './agent.ts';
+import { agentStep } from './agent.ts';
 import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
@@ -164,5 +164,5 @@ export { qemuStep };
 
 export const FRESH_BOOT: readonly LaunchStep[] = [
   hostStep, sweepStep, imageStep, diskSpaceStep, budgetStep, instanceStep, keysStep, diskStep, networksStep, seedStep,
-  agentBinaryStep, mountImagesStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep, mountStep,
+  mountImagesStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep, mountStep,
 ];
