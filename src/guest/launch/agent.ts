@@ -6,6 +6,9 @@ import { AgentClient } from '../../agent/client.ts';
 import { AbortedError } from '../../errors.ts';
 import { need, type LaunchStep } from './steps.ts';
 
+/** How long a guest whose sshd already answered may take for its agent's handshake. */
+const AGENT_WAIT_MS = 15_000;
+
 export const agentStep: LaunchStep = {
   name: 'agent',
   description: 'connect to the guest agent on its virtio-serial port (the command channel)',
