@@ -1,12 +1,9 @@
 // Checkpoints of a running guest: its disk and running state saved into its own overlay (QEMU
 // savevm), an inventory beside each for diffSince(), and restore(): loadvm, a new SSH session, the
 // clock set to now, and the forwards the restored network no longer has forgotten.
-import fs from 'node:fs/promises';
 import { GuestlabError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { QemuMonitor } from '../qemu/monitor.ts';
-import { SshSession } from '../ssh/session.ts';
-import { retryUntil } from '../util/retry.ts';
 import { expectString } from '../util/validate.ts';
 import type { Forwards } from './forwards.ts';
 import { diffInventories, takeInventory, type GuestInventory, type InventoryDiff, type InventoryGuest, type InventoryOptions } from './inventory.ts';
@@ -46,10 +43,10 @@ export interface CheckpointedGuest extends InventoryGuest {
 export interface CheckpointDeps {
   monitor: () => QemuMonitor;
   checkUsable: () => void;
-  /** Ends the guest's SSH session: a restore cuts off what runs on it. */
-  closeSession: (why: Error) => void;
-  /** Makes `session` the guest's SSH session. */
-  useSession: (session: SshSession) => void;
+  /** Ends the guest's channels (SSH, agent): a restore cuts off what runs on them. */
+  closeChannels: (why: Error) => void;
+  /** Connects again to the restored guest: its agent, or else SSH. */
+  reconnect: () => Promise<void>;
   forwards: Forwards;
   log: Logger;
   /** An error once QEMU has exited: reconnecting after a restore stops at once then. */
@@ -91,10 +88,10 @@ export class Checkpoints {
     const guest = this.#guest;
     if (!this.#saved.has(name)) throw new GuestlabError(`Guest ${guest.name} has no checkpoint "${name}" (has: ${[...this.#saved.keys()].join(', ') || 'none'}); take one with guest.checkpoint("${name}")`);
     const started = performance.now();
-    this.#deps.closeSession(new GuestlabError(`Guest ${guest.name} is being restored to checkpoint ${name}`));
+    this.#deps.closeChannels(new GuestlabError(`Guest ${guest.name} is being restored to checkpoint ${name}`));
     await this.#deps.monitor().loadSnapshot(name);
     const loadMs = Math.round(performance.now() - started);
-    this.#deps.useSession(await reconnect(guest.ssh, 60_000 * guest.timeoutScale, this.#deps.qemuGone));
+    await this.#deps.reconnect();
     // The guest resumes with the checkpoint's clock.
     await guest.succeed(['date', '-u', '-s', `@${(Date.now() / 1000).toFixed(3)}`], { sudo: true });
     await this.#deps.forwards.forgetLost();
@@ -112,18 +109,4 @@ export class Checkpoints {
     if (!saved?.inventory) throw new GuestlabError(`Guest ${this.#guest.name} has no inventory for checkpoint "${label}"; take it with guest.checkpoint("${label}") without inventory: false`);
     return diffInventories(saved.inventory, await takeInventory(this.#guest, saved.inventoryOptions));
   }
-}
-
-/** A new authenticated SSH session to the same guest, retried until `withinMs` passes; a host key mismatch is final. */
-async function reconnect(ssh: SshInfo, withinMs: number, qemuGone: () => Error | undefined): Promise<SshSession> {
-  const deadline = Date.now() + withinMs;
-  const privateKey = await fs.readFile(ssh.privateKeyPath, 'utf8');
-  const endpoint = { host: ssh.host, port: ssh.port, user: ssh.user, privateKey, hostKey: ssh.hostKey };
-  return retryUntil(() => SshSession.connect(endpoint, { readyTimeoutMs: Math.max(1000, Math.min(20_000, deadline - Date.now())) }), {
-    deadline,
-    minDelayMs: 200,
-    maxDelayMs: 200,
-    isFinal: (error) => (error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH',
-    stopWhen: qemuGone,
-  });
 }

@@ -30,8 +30,8 @@ export interface GuestResources {
   networks?: GuestNetwork[] | undefined;
 }
 
-/** The resources of a guest that is up. */
-export type RunningResources = Required<Pick<GuestResources, 'instance' | 'qemu' | 'monitor' | 'session'>> & GuestResources;
+/** The resources of a guest that is up (a clone restored through its agent has no SSH session until one is needed). */
+export type RunningResources = Required<Pick<GuestResources, 'instance' | 'qemu' | 'monitor'>> & GuestResources;
 
 /** Gives back whatever exists: SSH, QEMU (quit, grace, kill), network ports, the directory, then the lease. */
 export async function releaseResources(resources: GuestResources): Promise<void> {

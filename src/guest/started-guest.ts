@@ -16,7 +16,8 @@ import { describeValue } from '../util/validate.ts';
 import { Checkpoints, type CheckpointInfo, type RestoreTimings } from './checkpoints.ts';
 import type { MountSpec } from '../mounts/mount-spec.ts';
 import { GuestMounts, type GuestMount } from './mounts.ts';
-import { runCommand, runOnAgent, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
+import { GuestChannels } from './channels.ts';
+import { toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
 import { readConsole, waitForConsole, waitForFile, waitForPort, waitForUnit, waitUntil } from './conditions.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
 import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
@@ -73,6 +74,7 @@ export class StartedGuest implements AsyncDisposable {
   readonly #forwards: Forwards;
   readonly #checkpoints: Checkpoints;
   readonly #mounts: GuestMounts;
+  readonly #channels: GuestChannels;
   #stopping: Promise<void> | undefined;
   #kept = false;
 
@@ -93,6 +95,13 @@ export class StartedGuest implements AsyncDisposable {
     const monitor = () => this.#resources.monitor;
     const checkUsable = () => this.#checkUsable();
     this.#forwards = new Forwards(monitor, checkUsable);
+    this.#channels = new GuestChannels({
+      resources: init.resources,
+      ssh: init.ssh,
+      agentSocket: init.instance.file('agent'),
+      withinMs: 60_000 * timeoutScale(init.accel),
+      qemuGone: () => exitedError(this.#resources.qemu, `while guestlab was connecting to guest ${this.name}`),
+    });
     this.#mounts = new GuestMounts({ guest: init.name, dir: init.instance.dir, exec: (argv, options) => this.exec(argv, options), monitor, booted: init.mounts ?? [] });
     this.#checkpoints = new Checkpoints(this, {
       monitor,
@@ -100,8 +109,8 @@ export class StartedGuest implements AsyncDisposable {
       forwards: this.#forwards,
       log: init.resources.log,
       qemuGone: () => exitedError(this.#resources.qemu, `while guest ${this.name} was being restored`),
-      closeSession: (why) => this.#resources.session.close(why),
-      useSession: (session) => (this.#resources.session = session),
+      closeChannels: (why) => this.#channels.close(why),
+      reconnect: () => this.#channels.reconnect(),
     });
   }
 
@@ -127,9 +136,7 @@ export class StartedGuest implements AsyncDisposable {
   /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
   async exec(argv: string[], options: ExecOptions = {}): Promise<ExecResult> {
     this.#checkUsable();
-    const { agent } = this.#resources;
-    const running = agent && !agent.lost ? runOnAgent(agent, this.ssh.user, argv, options) : runCommand(this.#resources.session, argv, options);
-    return running.catch((error: unknown) => {
+    return this.#channels.exec(argv, options).catch((error: unknown) => {
       throw this.#resources.diskFull ?? error;
     });
   }
@@ -326,7 +333,7 @@ export class StartedGuest implements AsyncDisposable {
    */
   async keep(why = 'keep() was called'): Promise<string> {
     this.#checkUsable();
-    const { qemu, session, monitor, instance, lease } = this.#resources;
+    const { qemu, monitor, instance, lease } = this.#resources;
     if (!qemu.keepable) {
       throw new GuestlabError(`Guest ${this.name} cannot be kept: it was started without GUESTLAB_KEEP=on-failure, so its QEMU dies with this process. Set GUESTLAB_KEEP=on-failure before the guest starts.`);
     }
@@ -334,7 +341,7 @@ export class StartedGuest implements AsyncDisposable {
     this.#kept = true;
     this.#stopping = Promise.resolve();
     unregisterLive(instance.id);
-    session.close(new GuestStoppedError(this.name));
+    this.#channels.close(new GuestStoppedError(this.name));
     monitor.close();
     qemu.detach();
     // A kept guest is the user's now; it no longer counts against this run's budget.

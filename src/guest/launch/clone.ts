@@ -6,6 +6,7 @@ import fs from 'node:fs/promises';
 import { AbortedError, GuestlabError } from '../../errors.ts';
 import { createOverlay } from '../../disk/qemu-img.ts';
 import { ensureImage } from '../../images/builder.ts';
+import type { AgentClient } from '../../agent/client.ts';
 import type { Logger } from '../../log.ts';
 import type { SshSession } from '../../ssh/session.ts';
 import { quoteArg } from '../../util/shell-quote.ts';
@@ -140,11 +141,38 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
     description: 'set the clone’s clock to now and reseed its random number generator',
     hint: 'the guest needs perl or python3, and sudo for its user when the template has no resume waiter',
     async run(state) {
-      await settle(state, 'restore', fixupClone(state.spec.name, template, need(state.resources.session, 'SSH session'), state.signal, state.log));
+      const { agent } = state.resources;
+      await settle(state, 'restore', agent ? fixupThroughAgent(state.spec.name, template, agent, state.signal) : fixupClone(state.spec.name, template, need(state.resources.session, 'SSH session'), state.signal, state.log));
       state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
-  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, restore, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, fixup];
+  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup];
+}
+
+/**
+ * A clone whose agent answers needs no SSH wait: its sshd runs in the restored state (vm.ssh works at
+ * once) and guestlab opens its own session when something needs it. The SSH timings are then the
+ * agent's.
+ */
+function unlessAgent(step: LaunchStep): LaunchStep {
+  return {
+    ...step,
+    description: `${step.description} (a clone whose agent answered: skipped)`,
+    async run(state) {
+      if (!state.resources.agent) return step.run(state);
+      state.timings.sshBannerMs ??= sinceStart(state);
+      state.timings.sshReadyMs ??= sinceStart(state);
+    },
+  };
+}
+
+/** The fix-up as one command through the agent, as root. */
+async function fixupThroughAgent(name: string, template: TemplateBase, agent: AgentClient, signal: AbortSignal | undefined): Promise<void> {
+  const now = (Date.now() / 1000).toFixed(3);
+  const result = await agent.exec({ argv: ['sh', '-c', FIXUP_SCRIPT, 'sh', now, randomBytes(64).toString('hex')], timeoutMs: 60_000, ...(signal ? { signal } : {}) });
+  if (result.exitCode !== 0) {
+    throw new GuestlabError(`Guest ${name} (clone of ${template.id}) could not set its clock or reseed its RNG (exit code ${result.exitCode ?? result.signal}): ${result.stderr.toString('utf8').trim()}`);
+  }
 }
 
 async function fixupClone(name: string, template: TemplateBase, session: SshSession, signal: AbortSignal | undefined, log: Logger): Promise<void> {

@@ -1,0 +1,83 @@
+// How guestlab reaches a running guest: the agent's command channel when the image has one, and the
+// SSH session. A clone restored through its agent has no SSH session until something needs one (its
+// sshd runs in the restored state; vm.ssh works for outside clients at once); a restored checkpoint
+// gets new channels. commands.ts runs a command on whichever is there.
+import fs from 'node:fs/promises';
+import { AgentClient } from '../agent/client.ts';
+import type { GuestlabError } from '../errors.ts';
+import { SshSession } from '../ssh/session.ts';
+import { retryUntil } from '../util/retry.ts';
+import { runCommand, runOnAgent } from './commands.ts';
+import type { GuestResources } from './resources.ts';
+import type { ExecOptions, ExecResult, SshInfo } from './types.ts';
+
+/** A new authenticated SSH session to the guest, retried until `withinMs` passes; a host key mismatch is final. */
+export async function connectSsh(ssh: SshInfo, withinMs: number, stopWhen: () => Error | undefined): Promise<SshSession> {
+  const deadline = Date.now() + withinMs;
+  const privateKey = await fs.readFile(ssh.privateKeyPath, 'utf8');
+  const endpoint = { host: ssh.host, port: ssh.port, user: ssh.user, privateKey, hostKey: ssh.hostKey };
+  return retryUntil(() => SshSession.connect(endpoint, { readyTimeoutMs: Math.max(1000, Math.min(20_000, deadline - Date.now())) }), {
+    deadline,
+    minDelayMs: 200,
+    maxDelayMs: 200,
+    isFinal: (error) => (error as GuestlabError).code === 'ERR_HOST_KEY_MISMATCH',
+    stopWhen,
+  });
+}
+
+export class GuestChannels {
+  readonly #resources: GuestResources;
+  readonly #ssh: SshInfo;
+  readonly #agentSocket: string;
+  readonly #withinMs: number;
+  readonly #qemuGone: () => Error | undefined;
+  #connecting: Promise<SshSession> | undefined;
+
+  constructor(init: { resources: GuestResources; ssh: SshInfo; agentSocket: string; withinMs: number; qemuGone: () => Error | undefined }) {
+    this.#resources = init.resources;
+    this.#ssh = init.ssh;
+    this.#agentSocket = init.agentSocket;
+    this.#withinMs = init.withinMs;
+    this.#qemuGone = init.qemuGone;
+  }
+
+  /** The agent, while it answers. */
+  get agent(): AgentClient | undefined {
+    const { agent } = this.#resources;
+    return agent && !agent.lost ? agent : undefined;
+  }
+
+  /** The SSH session; connected now when the guest has none yet. */
+  session(): Promise<SshSession> {
+    const current = this.#resources.session;
+    if (current) return Promise.resolve(current);
+    this.#connecting ??= connectSsh(this.#ssh, this.#withinMs, this.#qemuGone)
+      .then((session) => (this.#resources.session = session))
+      .finally(() => (this.#connecting = undefined));
+    return this.#connecting;
+  }
+
+  /** Runs argv through the agent when it answers, over SSH otherwise. */
+  async exec(argv: string[], options: ExecOptions): Promise<ExecResult> {
+    const { agent } = this;
+    return agent ? runOnAgent(agent, this.#ssh.user, argv, options) : runCommand(await this.session(), argv, options);
+  }
+
+  /** Ends both channels; `why` is what commands in flight fail with. */
+  close(why: Error): void {
+    this.#resources.agent?.close();
+    this.#resources.session?.close(why);
+  }
+
+  /**
+   * After the guest's memory was replaced (a checkpoint restored): a new agent connection when the
+   * guest had an agent (SSH then connects when needed), otherwise a new SSH session at once.
+   */
+  async reconnect(): Promise<void> {
+    const hadAgent = this.#resources.agent !== undefined;
+    this.#resources.agent = undefined;
+    this.#resources.session = undefined;
+    if (hadAgent) this.#resources.agent = await AgentClient.connect(this.#agentSocket, { timeoutMs: this.#withinMs });
+    else await this.session();
+  }
+}
