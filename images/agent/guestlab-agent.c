@@ -972,9 +972,10 @@ static void on_exec(uint32_t id, unsigned char *p, uint32_t len) {
   c->out[0] = out[0];
   c->out[1] = err[0];
   c->in = in[1];
-  set_flags(out[0], O_NONBLOCK, 0);
-  set_flags(err[0], O_NONBLOCK, 0);
-  if (stdin_follows) set_flags(in[1], O_NONBLOCK, 0);
+  /* Fresh pipe ends have no other status flags: one fcntl each. */
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  fcntl(err[0], F_SETFL, O_NONBLOCK);
+  if (stdin_follows) fcntl(in[1], F_SETFL, O_NONBLOCK);
   else close_fd(&c->in);
   if (timeout) c->deadline = now_ms() + timeout;
   running++;
@@ -1065,6 +1066,13 @@ static void process_input(void) {
   }
 }
 
+/* Whether the input ends exactly at the end of a frame (a request arrived whole). */
+static int input_at_boundary(void) {
+  size_t at = in_head;
+  while (at + HDR <= in_tail) at += HDR + (size_t)get32(inbuf + at);
+  return at == in_tail;
+}
+
 /* Reads what the port has. -1 at end of file or on an error. */
 static int read_port(void) {
   for (;;) {
@@ -1074,11 +1082,21 @@ static int read_port(void) {
       in_tail -= in_head;
       in_head = 0;
     }
-    ssize_t n = read(port_fd, inbuf + in_tail, IN_CAP - in_tail);
-    if (n > 0) in_tail += (size_t)n;
-    else if (n < 0 && errno == EINTR) continue;
-    else if (n < 0 && errno == EAGAIN) return 0;
-    else return -1;
+    size_t room = IN_CAP - in_tail;
+    ssize_t n = read(port_fd, inbuf + in_tail, room);
+    if (n > 0) {
+      in_tail += (size_t)n;
+      /* A virtio port returns at most a page per read, so short reads continue, except when they
+       * completed the requests: then the next poll() says whether more came, and a lone request
+       * costs no read that only says EAGAIN. */
+      if ((size_t)n < room && conn == SYNCED && input_at_boundary()) return 0;
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && errno == EAGAIN) {
+      return 0;
+    } else {
+      return -1;
+    }
   }
 }
 

@@ -73,6 +73,7 @@ export class AgentCommand {
       stdin.on('data', this.#onInput);
       stdin.once('end', this.#onInputEnd);
       stdin.once('error', this.#onInputError);
+      if (stdin.readableEnded) this.#inputEnded = true; // 'end' has been and will not come again
     }
     this.#pump();
   }

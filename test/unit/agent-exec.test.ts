@@ -5,7 +5,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { dir } from 'tmp-promise';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { AgentClient } from '../../src/agent/client.ts';
@@ -113,6 +114,10 @@ describe('the agent runs commands', () => {
     expect(text(summed.stdout)).toBe(`${sha256(big)}  -\n`);
     expect(text((await client.exec({ argv: ['cat'], stdin: 'text input\n' })).stdout)).toBe('text input\n');
     expect((await client.exec({ argv: ['cat'], stdin: '' })).stdout.length).toBe(0);
+    const drained = Readable.from([Buffer.from('x')]);
+    drained.resume();
+    await finished(drained);
+    expect((await client.exec({ argv: ['cat'], stdin: drained })).stdout.length).toBe(0); // ended before: EOF at once
   }, 60_000);
 
   test('a command that exits without reading its stdin wedges nothing', async () => {
