@@ -56,7 +56,7 @@
  * execs argv[0] with execvp semantics: exit 127 when it is not found, 126 when it cannot be
  * executed, 1 when cwd cannot be entered, each with a message on stderr. At timeoutMs the
  * process group gets SIGTERM, SIGKILL 2 s later, and EXIT says timed out. argv ["true"], [":"]
- * (exit 0) and ["false"] (exit 1) with no env, cwd or stdin, as root, are answered without a
+ * (exit 0) and ["false"] (exit 1) with no env, cwd or stdin, for any user, are answered without a
  * fork. When the host end closes, the agent kills every command and waits for a new host.
  */
 // Frame encoding and payload decoding for the agent protocol above, shared by the client and the
