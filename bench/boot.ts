@@ -1,9 +1,11 @@
 // npm run bench [-- --runs N --cpus N --exec N --clones N --suite N --json]
 // Everything a guest test pays for, each figure beside the plain shell baseline (bench/baseline.sh:
 // qemu + genisoimage seed + ssh polling loop) on the same image in the same invocation:
-//   1. boot to first command, with its phases; clone to first command (snapshot clones);
-//   2. per-command cost: a shell builtin on guestlab's command shell, a fresh SSH session per
-//      command, the guest's own fork+exec of /bin/true, and the baseline's ssh process per command;
+//   1. boot to first command, with its phases, without cloudConfig (cloud-init left off) and with
+//      `cloudConfig: {}` (cloud-init runs); clone to first command (snapshot clones);
+//   2. per-command cost: a builtin and /bin/true through the guest agent and on guestlab's SSH
+//      command shell, a fresh SSH session per command, the guest's own fork+exec of /bin/true, and
+//      the baseline's ssh process per command;
 //   3. teardown; 4. the wall time of an N-guest suite (one command per guest), fresh and cloned.
 // Prints a table (or JSON) with the accelerator and the host; asserts nothing.
 import { execFile } from 'node:child_process';
@@ -75,13 +77,16 @@ async function runBaseline(count = baselineExecCount, guestCpus = cpus): Promise
 
 /** What one command costs on a running guest, several ways. */
 async function commandCosts(guest: StartedGuest) {
-  await guest.exec(['true']); // the command shell is open from here on
+  await guest.exec(['true']);
+  await guest.exec(['true'], { via: 'ssh' }); // the command shell is open from here on
   const builtin = await samples(execCount, () => guest.exec(['true']));
   const binTrue = await samples(execCount, () => guest.exec(['/bin/true']));
-  const ownSession = await samples(Math.min(execCount, 50), () => guest.exec(['true'], { ownChannel: true }));
+  const sshBuiltin = await samples(execCount, () => guest.exec(['true'], { via: 'ssh' }));
+  const sshBinTrue = await samples(execCount, () => guest.exec(['/bin/true'], { via: 'ssh' }));
+  const ownSession = await samples(Math.min(execCount, 50), () => guest.exec(['true'], { ownChannel: true, via: 'ssh' }));
   // The guest's own cost of starting a program, timed inside the guest.
   const inGuest = await guest.succeed(['sh', '-c', 'n=200; s=$(date +%s%N); i=0; while [ $i -lt $n ]; do /bin/true; i=$((i+1)); done; e=$(date +%s%N); echo $(( (e - s) / n ))']);
-  return { builtin, binTrue, ownSession, inGuestBinTrueMs: Number(inGuest) / 1e6 };
+  return { builtin, binTrue, sshBuiltin, sshBinTrue, ownSession, inGuestBinTrueMs: Number(inGuest) / 1e6 };
 }
 
 async function runGuestlab() {
@@ -91,7 +96,13 @@ async function runGuestlab() {
   const firstCommandMs = performance.now() - t0;
   const costs = await commandCosts(guest);
   const [, teardownMs] = await timed(() => guest.stop());
-  return { boot: { ...guest.timings, firstCommandMs, teardownMs } satisfies BootSample, costs };
+  // The same boot with cloud-init running (an empty cloudConfig still hands it the seed).
+  const t1 = performance.now();
+  const withCloudInit = await startGuest({ image: values.image, cpus, memoryMiB, cloudConfig: {} });
+  await withCloudInit.succeed(['true']);
+  const cloudInitFirstCommandMs = performance.now() - t1;
+  await withCloudInit.stop();
+  return { boot: { ...guest.timings, firstCommandMs, teardownMs } satisfies BootSample, cloudInitFirstCommandMs, cloudInitTimings: withCloudInit.timings, costs };
 }
 
 async function runClones() {
@@ -159,15 +170,17 @@ const bootRows: [string, number, number][] = (
     ['qemu started', (s) => s.qemuStartedMs],
     ['ssh ready (banner+auth)', (s) => s.sshReadyMs],
     ['cloud-init done', (s) => s.cloudInitDoneMs],
-    ['boot to first command', (s) => s.firstCommandMs],
+    ['boot to first command (no cloudConfig)', (s) => s.firstCommandMs],
     ['teardown', (s) => s.teardownMs],
   ] as [string, (s: BootSample) => number][]
 ).map(([label, pick]) => [label, median(ours.map(pick)), median(baselineRuns.map(pick))]);
 const costs = guestlabRuns.map((r) => r.costs);
+const cloudInitFirst = median(guestlabRuns.map((r) => r.cloudInitFirstCommandMs));
 const baselineExec = baselineRuns.flatMap((r) => r.execMs);
 const cloneFirst = cloned.clones.map((c) => c.firstCommandMs);
 const summary = {
   boot: bootRows.map(([label, guestlab, baseline]) => ({ label, guestlabMs: guestlab, baselineMs: baseline, ratio: baseline / guestlab })),
+  bootWithCloudInit: { firstCommandMs: cloudInitFirst, baselineMs: median(baselineRuns.map((s) => s.firstCommandMs)) },
   clone: {
     templateMs: cloned.templateMs,
     saveMs: cloned.saveMs,
@@ -184,6 +197,10 @@ const summary = {
     builtinP95: percentile(costs.flatMap((c) => c.builtin), 95),
     binTrueP50: percentile(costs.flatMap((c) => c.binTrue), 50),
     binTrueP95: percentile(costs.flatMap((c) => c.binTrue), 95),
+    sshBuiltinP50: percentile(costs.flatMap((c) => c.sshBuiltin), 50),
+    sshBuiltinP95: percentile(costs.flatMap((c) => c.sshBuiltin), 95),
+    sshBinTrueP50: percentile(costs.flatMap((c) => c.sshBinTrue), 50),
+    sshBinTrueP95: percentile(costs.flatMap((c) => c.sshBinTrue), 95),
     ownSessionP50: percentile(costs.flatMap((c) => c.ownSession), 50),
     ownSessionP95: percentile(costs.flatMap((c) => c.ownSession), 95),
     inGuestBinTrue: median(costs.map((c) => c.inGuestBinTrueMs)),
@@ -211,14 +228,18 @@ if (values.json) {
   console.log(`host: ${context.host}\n`);
   row('boot (ms from start, median)', 'guestlab', 'baseline', 'baseline/guestlab');
   for (const r of summary.boot) row(r.label, ms(r.guestlabMs), ms(r.baselineMs), r.ratio.toFixed(2));
+  const ci = summary.bootWithCloudInit;
+  row('boot to first command (cloudConfig: {})', ms(ci.firstCommandMs), ms(ci.baselineMs), (ci.baselineMs / ci.firstCommandMs).toFixed(2));
   const c = summary.clone;
   row('clone to first command', ms(c.cloneToFirstCommandMsMedian), ms(c.baselineBootMs), (c.baselineBootMs / c.cloneToFirstCommandMsMedian).toFixed(2));
   console.log(`  (template: booted and saved in ${ms(c.templateMs)} ms, save ${ms(c.saveMs)} ms, ${c.stateMiB.toFixed(0)} MiB of state; ` +
     `clone restore ${ms(c.restoreMsMedian)} ms, first command ${cloneFirst.map(ms).join(' / ')} ms; full boot ${ms(c.fullBootMs)} ms)\n`);
   const p = summary.perCommand;
   row('per command (ms)', 'p50', 'p95', '');
-  row('builtin `true`, guestlab command shell', ms(p.builtinP50), ms(p.builtinP95), '');
-  row('/bin/true, guestlab command shell', ms(p.binTrueP50), ms(p.binTrueP95), '');
+  row('builtin `true`, guestlab agent', ms(p.builtinP50), ms(p.builtinP95), '');
+  row('/bin/true, guestlab agent', ms(p.binTrueP50), ms(p.binTrueP95), '');
+  row('builtin `true`, SSH command shell', ms(p.sshBuiltinP50), ms(p.sshBuiltinP95), '');
+  row('/bin/true, SSH command shell', ms(p.sshBinTrueP50), ms(p.sshBinTrueP95), '');
   row('`true` on a new SSH session each', ms(p.ownSessionP50), ms(p.ownSessionP95), '');
   row('baseline: a new ssh process each', ms(p.baselineSshP50), ms(p.baselineSshP95), '');
   row('in-guest fork+exec of /bin/true', ms(p.inGuestBinTrue), '', '');
@@ -229,5 +250,5 @@ if (values.json) {
     row('fresh boots', ms(s.freshMs), ms(s.baselineMs), (s.baselineMs / s.freshMs).toFixed(2));
     row('clones of a template (incl. its boot)', ms(s.clonedMs), ms(s.baselineMs), (s.baselineMs / s.clonedMs).toFixed(2));
   }
-  console.log('\nbaseline exec = a new ssh process per command (what a script does); guestlab exec = the guest\'s command shell on one pinned connection.');
+  console.log('\nbaseline exec = a new ssh process per command (what a script does); guestlab exec = the guest agent on its virtio-serial port, or with via: \'ssh\' the guest\'s command shell on one pinned connection.');
 }

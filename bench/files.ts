@@ -1,6 +1,6 @@
 // npm run bench:files [-- --mib N --runs N --json]
-// Throughput of copying one file into and out of a guest: guestlab's copyTo/copyFrom (cat over a
-// channel of the guest's SSH connection) next to sftp fastPut/fastGet (ssh2, its own connection)
+// Throughput of copying one file into and out of a guest: guestlab's copyTo/copyFrom (cat over the
+// guest agent's virtio-serial port, and with via: 'ssh' over a channel of its SSH connection) next to sftp fastPut/fastGet (ssh2, its own connection)
 // and scp (the OpenSSH client, a new process each time), on the same guest in the same invocation.
 // Prints MB/s (1 MB = 10^6 bytes); asserts nothing.
 import { execFile } from 'node:child_process';
@@ -73,6 +73,7 @@ const guest = await startGuest({ image: values.image, name: 'bench-files' });
 const sftp = sftpMethod(guest);
 const methods: Method[] = [
   { name: 'guestlab copyTo/copyFrom', put: (l, r) => guest.copyTo(l, r), get: (r, l) => guest.copyFrom(r, l) },
+  { name: 'guestlab, via: ssh', put: (l, r) => guest.copyTo(l, r, { via: 'ssh' }), get: (r, l) => guest.copyFrom(r, l, { via: 'ssh' }) },
   sftp,
   scpMethod(guest),
 ];

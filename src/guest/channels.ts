@@ -4,7 +4,8 @@
 // gets new channels. commands.ts runs a command on whichever is there.
 import fs from 'node:fs/promises';
 import { AgentClient } from '../agent/client.ts';
-import type { GuestlabError } from '../errors.ts';
+import { GuestlabError } from '../errors.ts';
+import { describeValue } from '../util/validate.ts';
 import { SshSession } from '../ssh/session.ts';
 import { retryUntil } from '../util/retry.ts';
 import { runCommand, runOnAgent } from './commands.ts';
@@ -31,9 +32,11 @@ export class GuestChannels {
   readonly #agentSocket: string;
   readonly #withinMs: number;
   readonly #qemuGone: () => Error | undefined;
+  readonly #guest: string;
   #connecting: Promise<SshSession> | undefined;
 
-  constructor(init: { resources: GuestResources; ssh: SshInfo; agentSocket: string; withinMs: number; qemuGone: () => Error | undefined }) {
+  constructor(init: { guest: string; resources: GuestResources; ssh: SshInfo; agentSocket: string; withinMs: number; qemuGone: () => Error | undefined }) {
+    this.#guest = init.guest;
     this.#resources = init.resources;
     this.#ssh = init.ssh;
     this.#agentSocket = init.agentSocket;
@@ -59,8 +62,13 @@ export class GuestChannels {
 
   /** Runs argv through the agent when it answers, over SSH otherwise. */
   async exec(argv: string[], options: ExecOptions): Promise<ExecResult> {
+    const { via } = options;
+    if (via !== undefined && via !== 'agent' && via !== 'ssh') throw new TypeError(`Expected \`via\` to be 'agent' or 'ssh', got ${describeValue(via)}`);
     const { agent } = this;
-    return agent ? runOnAgent(agent, this.#ssh.user, argv, options) : runCommand(await this.session(), argv, options);
+    if (via === 'agent' && !agent) {
+      throw new GuestlabError(`Guest ${this.#guest} has no guest agent to run the command on (${this.#resources.agent?.lost ?? 'its image has none, or it did not answer at boot'}); leave \`via\` out to use SSH`);
+    }
+    return agent && via !== 'ssh' ? runOnAgent(agent, this.#ssh.user, argv, options) : runCommand(await this.session(), argv, options);
   }
 
   /** Ends both channels; `why` is what commands in flight fail with. */

@@ -1,5 +1,5 @@
-// Files between host and guest: single files stream through `cat` on an SSH channel, directories
-// through tar on both ends. Paths and modes reach the guest as positional arguments of fixed
+// Files between host and guest: single files stream through `cat` on the guest's command channel
+// (the agent's virtio-serial port, or an SSH channel), directories through tar on both ends. Paths and modes reach the guest as positional arguments of fixed
 // scripts, never spliced into script text. Measured here (bench/files.ts) against sftp fastPut/
 // fastGet on the same connection, see README.
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -20,12 +20,16 @@ export interface WriteFileOptions {
   /** Write as root (through passwordless sudo). Default: as the guest's login user. */
   sudo?: boolean;
   signal?: AbortSignal;
+  /** The channel the bytes go through (see ExecOptions.via); default the agent when there is one. */
+  via?: ExecOptions['via'];
 }
 
 export interface ReadFileOptions {
   /** Read as root. Default: as the guest's login user. */
   sudo?: boolean;
   signal?: AbortSignal;
+  /** The channel the bytes go through (see ExecOptions.via); default the agent when there is one. */
+  via?: ExecOptions['via'];
 }
 
 /** What files.ts needs from a guest: exec with streaming stdin/stdout. */
@@ -81,7 +85,7 @@ export async function writeGuestFile(guest: FileGuest, guestPath: string, data: 
   const mode = parseMode(options.mode ?? 0o644);
   const owner = checkOwner(options.owner);
   const stdin = typeof data === 'string' || data instanceof Uint8Array ? data : (data as Readable);
-  await must(guest, ['sh', '-c', WRITE_SCRIPT, 'sh', target, mode, owner], { stdin, sudo: options.sudo || !!owner, signal: options.signal }, `writing ${target}`);
+  await must(guest, ['sh', '-c', WRITE_SCRIPT, 'sh', target, mode, owner], { stdin, sudo: options.sudo || !!owner, signal: options.signal, via: options.via }, `writing ${target}`);
 }
 
 export async function readGuestFile(guest: FileGuest, guestPath: string, options: ReadFileOptions = {}): Promise<Buffer> {
@@ -93,7 +97,7 @@ export async function readGuestFile(guest: FileGuest, guestPath: string, options
       callback();
     },
   });
-  await must(guest, ['cat', '--', source], { stdout: sink, sudo: options.sudo, signal: options.signal }, `reading ${source}`);
+  await must(guest, ['cat', '--', source], { stdout: sink, sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
   return Buffer.concat(chunks);
 }
 
@@ -114,7 +118,7 @@ export async function copyToGuest(guest: FileGuest, localPath: string, guestPath
     // Through a PassThrough taken at once: Node discards the unread output of a child that has
     // exited, and a small tree is packed before the SSH channel is open.
     const archive = tar.stdout.pipe(new PassThrough());
-    await must(guest, ['sh', '-c', UNTAR_SCRIPT, 'sh', target, mode, owner], { stdin: archive, sudo: options.sudo || !!owner, signal: options.signal }, `unpacking into ${target}`);
+    await must(guest, ['sh', '-c', UNTAR_SCRIPT, 'sh', target, mode, owner], { stdin: archive, sudo: options.sudo || !!owner, signal: options.signal, via: options.via }, `unpacking into ${target}`);
   });
 }
 
@@ -144,13 +148,13 @@ async function withHostTar(args: string[], what: string, body: (tar: ChildProces
 /** Copies a guest file or directory (recursively) to localPath on the host. */
 export async function copyFromGuest(guest: FileGuest, guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
   const source = checkGuestPath(guestPath, 'guestPath');
-  const kind = await guest.exec(['sh', '-c', TYPE_SCRIPT, 'sh', source], { sudo: options.sudo, signal: options.signal });
+  const kind = await guest.exec(['sh', '-c', TYPE_SCRIPT, 'sh', source], { sudo: options.sudo, signal: options.signal, via: options.via });
   if (kind.exitCode !== 0) throw new GuestCommandError({ command: `copyFrom: ${source} does not exist in the guest`, exitCode: kind.exitCode, stdout: kind.stdout, stderr: kind.stderr, guest: guest.name });
   if (kind.stdout.trim() === 'file') {
     await fs.mkdir(path.dirname(path.resolve(localPath)), { recursive: true });
     const partial = `${localPath}.guestlab-partial-${process.pid}`;
     try {
-      await must(guest, ['cat', '--', source], { stdout: createWriteStream(partial, { mode: 0o600 }), sudo: options.sudo, signal: options.signal }, `reading ${source}`);
+      await must(guest, ['cat', '--', source], { stdout: createWriteStream(partial, { mode: 0o600 }), sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
       await fs.rename(partial, localPath);
     } catch (error) {
       await fs.rm(partial, { force: true });
@@ -174,7 +178,7 @@ export async function copyFromGuest(guest: FileGuest, guestPath: string, localPa
         resolve();
       });
     });
-    await must(guest, ['tar', '-c', '-f', '-', '-C', source, '.'], { stdout: archive, sudo: options.sudo, signal: options.signal }, `packing ${source}`);
+    await must(guest, ['tar', '-c', '-f', '-', '-C', source, '.'], { stdout: archive, sudo: options.sudo, signal: options.signal, via: options.via }, `packing ${source}`);
     await delivered;
   });
 }

@@ -96,6 +96,7 @@ export class StartedGuest implements AsyncDisposable {
     const checkUsable = () => this.#checkUsable();
     this.#forwards = new Forwards(monitor, checkUsable);
     this.#channels = new GuestChannels({
+      guest: init.name,
       resources: init.resources,
       ssh: init.ssh,
       agentSocket: init.instance.file('agent'),

@@ -24,6 +24,13 @@ export interface ExecOptions {
    * writing to its stdout or stderr: on the shared shell that output would go to later commands.
    */
   ownChannel?: boolean;
+  /**
+   * The channel to run on. Default: the guest agent when the image has one and it answers (no
+   * network, no sshd, no login session needed), SSH otherwise. `ssh`: always over SSH, for a
+   * command that needs what a login brings (a PAM session, a systemd user instance). `agent`: fail
+   * instead of falling back to SSH.
+   */
+  via?: 'agent' | 'ssh';
 }
 
 export interface SshInfo {

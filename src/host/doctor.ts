@@ -63,6 +63,7 @@ export function assessHost(facts: HostFacts, disk: DiskFacts, firmware?: Firmwar
   need(facts.isoTool, DEBIAN_PACKAGES.isoTool, 'for cloud-init seed ISOs');
   need(facts.mmdebstrap, DEBIAN_PACKAGES.mmdebstrap, 'to build images from Debian packages');
   need(facts.mkfsExt4, DEBIAN_PACKAGES.mkfsExt4, 'to build images');
+  need(facts.gcc, DEBIAN_PACKAGES.gcc, 'to compile the guest agent into images');
   if (facts.setpriv.path) {
     lines.push({ status: 'ok', text: `setpriv ${facts.setpriv.version ?? ''} at ${facts.setpriv.path} (QEMU dies with the process that started it)` });
   } else {

@@ -20,6 +20,8 @@ export interface HostFacts {
   mmdebstrap: ToolInfo;
   mkfsExt4: ToolInfo;
   setpriv: ToolInfo;
+  /** Compiles the guest agent into images. */
+  gcc: ToolInfo;
   kvm: KvmAssessment;
   /**
    * The versioned machine type QEMU's `q35` alias stands for here (pc-q35-7.2 on QEMU 7.2): guests
@@ -110,13 +112,14 @@ let cached: Promise<HostFacts> | undefined;
 /** Probe the host once per process. */
 export function probeHost(): Promise<HostFacts> {
   cached ??= (async () => {
-    const [qemu, qemuImg, isoTool, mmdebstrap, mkfsExt4, setpriv, kvm, memAvailable] = await Promise.all([
+    const [qemu, qemuImg, isoTool, mmdebstrap, mkfsExt4, setpriv, gcc, kvm, memAvailable] = await Promise.all([
       tool('qemu-system-x86_64', ['--version'], versionNumber),
       tool('qemu-img', ['--version'], versionNumber),
       firstTool(['genisoimage', 'xorrisofs', 'mkisofs'], ['--version']),
       tool('mmdebstrap', ['--version'], versionNumber),
       tool('mkfs.ext4', ['-V'], versionNumber),
       tool('setpriv', ['--version'], versionNumber),
+      tool('gcc', ['--version'], versionNumber),
       probeKvm(),
       memAvailableMiB(),
     ]);
@@ -128,6 +131,7 @@ export function probeHost(): Promise<HostFacts> {
       mmdebstrap,
       mkfsExt4,
       setpriv,
+      gcc,
       kvm,
       q35Machine: parseMachineAlias(machines?.stdout ?? '', 'q35') ?? 'q35',
       cores: os.availableParallelism(),
@@ -155,4 +159,5 @@ export const DEBIAN_PACKAGES = {
   mmdebstrap: 'mmdebstrap',
   mkfsExt4: 'e2fsprogs',
   setpriv: 'util-linux',
+  gcc: 'gcc libc6-dev',
 } as const;
