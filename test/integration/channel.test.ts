@@ -4,7 +4,7 @@
 // test takes the guest's network and sshd down, so it goes last.
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +16,9 @@ import { afterAll, describe, expect, test as base } from 'vitest';
 const run = promisify(execFile);
 
 // A host directory the guest boots with, and one it mounts at run time.
+// Modes and numeric owners travel as they are: the directories are made readable for the guest's user.
 const bootDir = mkdtempSync(path.join(os.tmpdir(), 'gl-mount-'));
+chmodSync(bootDir, 0o755);
 const blob = randomBytes(3 * 1048576 + 17);
 mkdirSync(path.join(bootDir, 'sub'));
 writeFileSync(path.join(bootDir, 'sub', 'blob.bin'), blob);
@@ -82,6 +84,7 @@ describe('a guest with nothing for cloud-init', () => {
 
   test('a directory mounted at run time is a snapshot; unmount unplugs it', async ({ vm }) => {
     const later = await fs.mkdtemp(path.join(os.tmpdir(), 'gl-mount-'));
+    await fs.chmod(later, 0o755);
     try {
       await fs.writeFile(path.join(later, 'a.txt'), 'first\n');
       const mount = await vm.mount({ host: later, guest: '/srv/later' });
