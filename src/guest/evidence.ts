@@ -21,6 +21,8 @@ export interface EvidenceSource {
   readonly image: string;
   readonly accel: string;
   readonly stopped: boolean;
+  /** `skipped`: cloud-init did not run on this boot, so it has no output to show. */
+  readonly timings: { cloudInit?: 'ran' | 'skipped' | undefined };
   consoleLog(): Promise<string>;
   exec(argv: string[], options?: ExecOptions): Promise<ExecResult>;
 }
@@ -40,7 +42,9 @@ export async function collectEvidence(guest: EvidenceSource): Promise<GuestEvide
   };
   const [consoleText, cloudInit, journal] = await Promise.all([
     guest.consoleLog().catch(() => ''),
-    fromGuest(['tail', '-n', String(EVIDENCE_LINES.cloudInit), '/var/log/cloud-init-output.log']),
+    guest.timings.cloudInit === 'skipped'
+      ? Promise.resolve('(none: cloud-init was left off on this boot, the spec gave it nothing to do)')
+      : fromGuest(['tail', '-n', String(EVIDENCE_LINES.cloudInit), '/var/log/cloud-init-output.log']),
     fromGuest(['journalctl', '-b', '-p', 'warning', '--no-pager', '-q', '-o', 'short-precise', '-n', String(EVIDENCE_LINES.journal)]),
   ]);
   return {
