@@ -26,6 +26,10 @@
  *   0x04 STDIN_EOF  empty. Closes the command's stdin once the bytes before it are written.
  *   0x05 KILL       u32 signal number, sent to the command's process group.
  *   0x06 PING       up to 64 bytes, echoed by a PONG with the same id.
+ *   0x07 RENEW      u64 the host's wall-clock time (ns since the epoch), then 16 to 256 bytes of
+ *                   seed: the agent sets the guest's clock, writes the seed into /dev/urandom and
+ *                   forces a reseed (RNDRESEEDCRNG), without a fork; EXIT (0) or ERROR answers.
+ *                   A restored clone's first request.
  *
  * Agent to host
  *   0x81 HELLO      MAGIC, the host's nonce, u32 protocol version, u32 agent pid, u32 stdin
@@ -83,6 +87,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -114,7 +119,7 @@
 #define USER_PATH "PATH=/usr/local/bin:/usr/bin:/bin:/usr/games"
 
 enum {
-  T_HELLO = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_STDIN_EOF = 0x04, T_KILL = 0x05, T_PING = 0x06,
+  T_HELLO = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_STDIN_EOF = 0x04, T_KILL = 0x05, T_PING = 0x06, T_RENEW = 0x07,
   R_HELLO = 0x81, R_STDOUT = 0x82, R_STDERR = 0x83, R_STDIN_ACK = 0x84, R_EXIT = 0x85,
   R_PONG = 0x86, R_ERROR = 0x87, R_READY = 0x88,
 };
@@ -988,6 +993,34 @@ fail:
   send_error(id, "cannot start the command: %s", strerror(saved));
 }
 
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG 0x5207
+#endif
+
+/* RENEW: a restored clone's own clock and randomness, in the agent itself (no fork, no exec). */
+static void on_renew(uint32_t id, const unsigned char *p, uint32_t len) {
+  if (len < 8 + 16 || len > 8 + 256) {
+    send_error(id, "malformed RENEW: %u bytes", len);
+    return;
+  }
+  uint64_t ns = (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+  struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+  if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+    send_error(id, "setting the clock: %s", strerror(errno));
+    return;
+  }
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) {
+    send_error(id, "/dev/urandom: %s", strerror(errno));
+    return;
+  }
+  ssize_t n = write(fd, p + 8, len - 8);
+  int failed = n != (ssize_t)(len - 8) ? errno ? errno : EIO : ioctl(fd, RNDRESEEDCRNG, 0) < 0 ? errno : 0;
+  close(fd);
+  if (failed) send_error(id, "reseeding the random number generator: %s", strerror(failed));
+  else exit_frame(id, 0, 0);
+}
+
 static void on_kill(uint32_t id, const unsigned char *p, uint32_t len) {
   if (len != 4) {
     protocol_error("a KILL of %u bytes", len);
@@ -1015,6 +1048,7 @@ static void on_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
       break;
     }
     case T_KILL: on_kill(id, p, len); break;
+    case T_RENEW: on_renew(id, p, len); break;
     case T_PING:
       if (len > MAX_PING) protocol_error("a PING of %u bytes", len);
       else emit(R_PONG, id, p, len, NULL, 0);

@@ -34,6 +34,7 @@ export class AgentClient {
   #decoder = new FrameDecoder();
   #commands = new Map<number, AgentCommand>();
   #pings = new Map<number, { start: number; resolve: (ms: number) => void; reject: (error: Error) => void }>();
+  #renewals = new Map<number, (error?: Error) => void>();
   #nextId = 1;
   #nextPing = 1;
   #lost: string | undefined;
@@ -103,13 +104,44 @@ export class AgentClient {
     });
   }
 
+  /**
+   * A restored clone's clock and randomness, done by the agent itself (no process started): the
+   * guest's wall clock set to `epochMs` (the host's, as the request leaves), `seed` (16 to 256
+   * bytes) written into /dev/urandom and a reseed of the kernel's generator forced.
+   */
+  renew(epochMs: number, seed: Uint8Array, timeoutMs = 30_000): Promise<void> {
+    if (!Number.isFinite(epochMs) || epochMs < 0) return Promise.reject(new TypeError(`Expected \`epochMs\` to be a time in ms since the epoch, got ${String(epochMs)}`));
+    if (!(seed instanceof Uint8Array) || seed.length < 16 || seed.length > 256) return Promise.reject(new TypeError('Expected `seed` to be 16 to 256 bytes'));
+    if (this.#lost) return Promise.reject(this.#lostError());
+    const id = this.#allocateId();
+    const payload = Buffer.alloc(8 + seed.length);
+    payload.writeBigUInt64LE(BigInt(Math.round(epochMs)) * 1_000_000n);
+    payload.set(seed, 8);
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => settle(new Error(`The guest agent did not answer RENEW within ${timeoutMs} ms`)), timeoutMs);
+      const settle = (error?: Error) => {
+        clearTimeout(timer);
+        this.#renewals.delete(id);
+        if (error) reject(error);
+        else resolve();
+      };
+      this.#renewals.set(id, settle);
+      this.#write(encodeFrame(FrameType.RENEW, id, payload));
+    });
+  }
+
+  #allocateId(): number {
+    let id = this.#nextId;
+    while (this.#commands.has(id) || this.#renewals.has(id)) id = id >= MAX_ID ? 1 : id + 1;
+    this.#nextId = id >= MAX_ID ? 1 : id + 1;
+    return id;
+  }
+
   async exec(request: AgentExecRequest): Promise<AgentExecResult> {
     const payload = encodeExecRequest(request);
     if (request.signal?.aborted) throw new AbortedError(`Guest command ${request.argv[0]}`, { cause: request.signal.reason });
     if (this.#lost) throw this.#lostError();
-    let id = this.#nextId;
-    while (this.#commands.has(id)) id = id >= MAX_ID ? 1 : id + 1;
-    this.#nextId = id >= MAX_ID ? 1 : id + 1;
+    const id = this.#allocateId();
     const command = new AgentCommand(id, request, {
       send: (type, commandId, framePayload) => this.#send(type, commandId, framePayload),
       done: (commandId) => this.#commands.delete(commandId),
@@ -137,6 +169,7 @@ export class AgentClient {
     this.#commands.clear();
     for (const ping of this.#pings.values()) ping.reject(error);
     this.#pings.clear();
+    for (const settle of [...this.#renewals.values()]) settle(error);
     this.#handshake?.settle(new Error(`The guest agent channel closed before the agent answered HELLO: ${reason}`));
     this.#stream.destroy();
   }
@@ -172,11 +205,15 @@ export class AgentClient {
       case FrameType.STDOUT:
       case FrameType.STDERR:
       case FrameType.STDIN_ACK:
+        this.#commands.get(frame.id)?.onFrame(frame);
+        return;
       case FrameType.EXIT:
+        if (this.#renewals.has(frame.id)) return this.#renewals.get(frame.id)!();
         this.#commands.get(frame.id)?.onFrame(frame);
         return;
       case FrameType.ERROR:
         if (frame.id === 0) return this.#lose(`the agent reported a protocol error: ${frame.payload.toString('utf8')}`);
+        if (this.#renewals.has(frame.id)) return this.#renewals.get(frame.id)!(new Error(`The guest agent could not renew the clone's clock and randomness: ${frame.payload.toString('utf8')}`));
         this.#commands.get(frame.id)?.onFrame(frame);
         return;
       case FrameType.PONG: {

@@ -26,6 +26,10 @@
  *   0x04 STDIN_EOF  empty. Closes the command's stdin once the bytes before it are written.
  *   0x05 KILL       u32 signal number, sent to the command's process group.
  *   0x06 PING       up to 64 bytes, echoed by a PONG with the same id.
+ *   0x07 RENEW      u64 the host's wall-clock time (ns since the epoch), then 16 to 256 bytes of
+ *                   seed: the agent sets the guest's clock, writes the seed into /dev/urandom and
+ *                   forces a reseed (RNDRESEEDCRNG), without a fork; EXIT (0) or ERROR answers.
+ *                   A restored clone's first request.
  *
  * Agent to host
  *   0x81 HELLO      MAGIC, the host's nonce, u32 protocol version, u32 agent pid, u32 stdin
@@ -75,6 +79,7 @@ export const FrameType = {
   STDIN_EOF: 0x04,
   KILL: 0x05,
   PING: 0x06,
+  RENEW: 0x07,
   HELLO_REPLY: 0x81,
   STDOUT: 0x82,
   STDERR: 0x83,

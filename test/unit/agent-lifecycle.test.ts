@@ -102,6 +102,28 @@ describe('sessions and the connection', () => {
     await agent.exited;
   });
 
+  // A RENEW that is carried out sets the host's clock here, so only refusals are tested on the
+  // host; test/integration/clone.test.ts checks a real clone's clock and randomness.
+  test('a RENEW of the wrong size is refused on its own; the client checks its arguments first', async () => {
+    const agent = spawnAgent(binary);
+    const peer = new RawPeer(agent.stream);
+    await peer.hello(Buffer.alloc(16, 5));
+    for (const [id, bytes] of [[11, 8 + 15], [12, 8 + 257], [13, 4]] as const) {
+      peer.write(FrameType.RENEW, id, Buffer.alloc(bytes));
+      const refused = await peer.next((f) => f.id === id);
+      expect([refused.type, refused.payload.toString()]).toEqual([FrameType.ERROR, `malformed RENEW: ${bytes} bytes`]);
+    }
+    peer.write(FrameType.PING, 14, Buffer.from('alive'));
+    expect((await peer.next((f) => f.type === FrameType.PONG)).payload.toString()).toBe('alive');
+    agent.stream.destroy();
+    await agent.exited;
+    const started = await startAgent(binary);
+    await expect(started.client.renew(Date.now(), Buffer.alloc(15))).rejects.toThrow(/16 to 256 bytes/);
+    await expect(started.client.renew(Number.NaN, Buffer.alloc(32))).rejects.toThrow(/epochMs/);
+    started.client.close();
+    await started.agent.exited;
+  });
+
   test('garbled frames reset the agent, which lives on and answers the next HELLO', async () => {
     const agent = spawnAgent(binary);
     const peer = new RawPeer(agent.stream);

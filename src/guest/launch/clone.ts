@@ -167,33 +167,16 @@ function unlessAgent(step: LaunchStep): LaunchStep {
 }
 
 /**
- * The fix-up through the agent, as root, in two commands: the RNG reseeded, with the guest's clock
- * read at its end; then the clock moved by the difference to the host's, as a relative step that
- * the guest computes when it runs (`date -s '+N seconds'`), so that however long the commands take
- * to start under TCG the clock ends within the channel's latency of the host's.
+ * The fix-up through the agent, without starting a process in the guest: the agent sets the clock
+ * to the host's (as the request leaves, so within the channel's one-way latency) and reseeds the
+ * kernel's generator with fresh host randomness (RENEW).
  */
 async function fixupThroughAgent(name: string, template: TemplateBase, agent: AgentClient, signal: AbortSignal | undefined): Promise<void> {
-  const fail = (what: string, result: { exitCode: number | null; signal: string | null; stderr: Buffer }) =>
-    new GuestlabError(`Guest ${name} (clone of ${template.id}) could not ${what} (exit code ${result.exitCode ?? result.signal}): ${result.stderr.toString('utf8').trim()}`);
-  const options = { timeoutMs: 60_000, ...(signal ? { signal } : {}) };
-  const reseeded = await agent.exec({ argv: ['sh', '-c', RESEED_AND_READ_CLOCK, 'sh', randomBytes(64).toString('hex')], ...options });
-  const hostNow = Date.now() / 1000;
-  const guestNow = Number(reseeded.stdout.toString('utf8').trim().split('\n').at(-1));
-  if (reseeded.exitCode !== 0 || !Number.isFinite(guestNow)) throw fail('reseed its RNG', reseeded);
-  const step = hostNow - guestNow;
-  const set = await agent.exec({ argv: ['date', '-u', '-s', `${step >= 0 ? '+' : ''}${step.toFixed(3)} seconds`], ...options });
-  if (set.exitCode !== 0) throw fail('set its clock', set);
+  if (signal?.aborted) throw new AbortedError(`Cloning guest ${name}`, { cause: signal.reason });
+  await agent.renew(Date.now(), randomBytes(64)).catch((error: Error) => {
+    throw new GuestlabError(`Guest ${name} (clone of ${template.id}) could not set its clock or reseed its RNG: ${error.message}`, { cause: error });
+  });
 }
-
-/** RNG reseed as in FIXUP_SCRIPT (seed in $1), then the guest's clock. */
-const RESEED_AND_READ_CLOCK = [
-  'if command -v perl >/dev/null; then',
-  `  perl -e 'open(my $f, ">", "/dev/urandom") or die "/dev/urandom: $!\\n"; syswrite($f, pack("H*", $ARGV[0])) or die "write: $!\\n"; ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!\\n"' "$1" || exit`,
-  'elif command -v python3 >/dev/null; then',
-  `  python3 -c 'import fcntl, sys; f = open("/dev/urandom", "wb", buffering=0); f.write(bytes.fromhex(sys.argv[1])); fcntl.ioctl(f, 0x5207)' "$1" || exit`,
-  'else echo "neither perl nor python3 to reseed the RNG" >&2; exit 3; fi',
-  'date +%s.%N',
-].join('\n');
 
 async function fixupClone(name: string, template: TemplateBase, session: SshSession, signal: AbortSignal | undefined, log: Logger): Promise<void> {
   const seed = randomBytes(64).toString('hex');
