@@ -119,7 +119,9 @@ export const monitorStep: LaunchStep = {
       if (event.event === 'BLOCK_IO_ERROR' && event.data?.nospace === true && !resources.diskFull) {
         resources.diskFull = new DiskFullError(spec.name, instance.dir);
         log.warn(resources.diskFull.message);
+        // Commands in flight would wait for a guest that does not run: both channels end now.
         resources.session?.close(resources.diskFull);
+        resources.agent?.close();
       }
     });
   },
