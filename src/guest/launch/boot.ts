@@ -14,6 +14,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
+import { runCommand, runOnAgent } from '../commands.ts';
 import { agentStep } from './agent.ts';
 import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
@@ -133,11 +134,22 @@ export const seedStep: LaunchStep = {
 
 export const cloudInitStep: LaunchStep = {
   name: 'cloud-init',
-  description: 'wait until cloud-init has finished, and check that it succeeded (nothing to wait for when it was left off)',
+  description: 'wait until cloud-init has finished, and check that it succeeded (when it was left off: until systemd has finished the boot)',
   hint: 'the error lists cloud-init’s status and the end of /var/log/cloud-init-output.log; check the cloudConfig entries it names',
   async run(state) {
     const { spec, signal } = state;
     if (state.cloudInit === 'skipped') {
+      // Without cloud-init, sshd is up before systemd has started the rest of the boot: wait for
+      // the boot to finish (running, or degraded), as waiting for cloud-init's end did, so that
+      // no test races units still starting.
+      const deadline = need(state.deadline, 'deadline');
+      const argv = ['systemctl', 'is-system-running', '--wait'];
+      const { agent, session } = state.resources;
+      const options = { timeoutMs: Math.max(1000, deadline - Date.now()), ...(signal ? { signal } : {}) };
+      await settle(state, 'boot', (async () => {
+        const result = agent && !agent.lost ? await runOnAgent(agent, spec.user, argv, options) : await runCommand(need(session, 'SSH session'), argv, options);
+        if (result.timedOut) throw await bootFailure(state, 'boot', `did not finish booting within ${state.bootTimeoutMs} ms (systemctl is-system-running: ${result.stdout.trim()})`, { timedOut: true });
+      })());
       state.timings.cloudInitDoneMs = sinceStart(state);
       return;
     }
