@@ -3,7 +3,7 @@
 // session (runCommand). StartedGuest's exec(), succeed() and fail() are built on these.
 import os from 'node:os';
 import type { AgentClient } from '../agent/client.ts';
-import { GuestCommandError } from '../errors.ts';
+import { GuestCommandError, GuestlabError } from '../errors.ts';
 import type { ExecResult } from '../exec-result.ts';
 import type { SshSession } from '../ssh/session.ts';
 import { quoteArg, quoteArgv } from '../util/shell-quote.ts';
@@ -118,6 +118,14 @@ export async function runOnAgent(agent: AgentClient, user: string, argv: string[
     timedOut: raw.timedOut,
     durationMs: performance.now() - started,
   };
+}
+
+/** Runs argv through the agent while it answers, on the SSH session otherwise (a launch's own commands). */
+export async function runOnAgentOrSession(channels: { agent?: AgentClient | undefined; session?: SshSession | undefined }, user: string, argv: string[], options: ExecOptions): Promise<ExecResult> {
+  const { agent, session } = channels;
+  if (agent && !agent.lost) return runOnAgent(agent, user, argv, options);
+  if (!session) throw new GuestlabError('Cannot run a command in the guest: it has neither an agent nor an SSH session yet');
+  return runCommand(session, argv, options);
 }
 
 /** The error for a command that did not end the way succeed() or fail() expected. */

@@ -14,7 +14,7 @@ import { writePrivateFile } from '../../util/fs.ts';
 import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
-import { runCommand, runOnAgent } from '../commands.ts';
+import { runOnAgentOrSession } from '../commands.ts';
 import { agentStep } from './agent.ts';
 import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
@@ -144,10 +144,9 @@ export const cloudInitStep: LaunchStep = {
       // no test races units still starting.
       const deadline = need(state.deadline, 'deadline');
       const argv = ['systemctl', 'is-system-running', '--wait'];
-      const { agent, session } = state.resources;
       const options = { timeoutMs: Math.max(1000, deadline - Date.now()), ...(signal ? { signal } : {}) };
       await settle(state, 'boot', (async () => {
-        const result = agent && !agent.lost ? await runOnAgent(agent, spec.user, argv, options) : await runCommand(need(session, 'SSH session'), argv, options);
+        const result = await runOnAgentOrSession(state.resources, spec.user, argv, options);
         if (result.timedOut) throw await bootFailure(state, 'boot', `did not finish booting within ${state.bootTimeoutMs} ms (systemctl is-system-running: ${result.stdout.trim()})`, { timedOut: true });
       })());
       state.timings.cloudInitDoneMs = sinceStart(state);

@@ -1,7 +1,7 @@
 // The spec's host directory mounts in a launch: their images are built before QEMU starts (so that
 // QEMU opens them as read-only disks), and mounted once the guest is ready.
 import { mountSerial } from '../../mounts/device.ts';
-import { runCommand, runOnAgent } from '../commands.ts';
+import { runOnAgentOrSession } from '../commands.ts';
 import { buildMountImage, mountInGuest } from '../mounts.ts';
 import { need, type LaunchStep } from './steps.ts';
 
@@ -24,9 +24,7 @@ export const mountStep: LaunchStep = {
   hint: 'the error has the guest’s words; the guest needs the virtio_scsi module and udev’s by-id links',
   async run(state) {
     if (!state.mounts.length) return;
-    const { agent, session } = state.resources;
-    const exec: Parameters<typeof mountInGuest>[0] = (argv, options) =>
-      agent && !agent.lost ? runOnAgent(agent, state.spec.user, argv, options) : runCommand(need(session, 'SSH session'), argv, options);
+    const exec: Parameters<typeof mountInGuest>[0] = (argv, options) => runOnAgentOrSession(state.resources, state.spec.user, argv, options);
     for (const mount of state.mounts) await mountInGuest(exec, state.spec.name, mount);
   },
 };
