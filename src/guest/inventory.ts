@@ -61,7 +61,9 @@ if command -v systemctl >/dev/null; then systemctl list-unit-files --state=enabl
 /** Takes the inventory of the guest's configuration, packages and enabled units. */
 export async function takeInventory(guest: InventoryGuest, options: InventoryOptions = {}): Promise<GuestInventory> {
   const paths = (options.paths ?? DEFAULT_INVENTORY_PATHS).map((p, i) => expectString(`paths[${i}]`, p, /^\//, 'use absolute paths'));
-  const result = await guest.exec(['sh', '-c', INVENTORY_SCRIPT, 'sh', ...paths], { sudo: true, timeoutMs: 300_000 });
+  // Over SSH, as before the agent: through the agent, `systemctl list-unit-files` right after a
+  // change to units listed nothing now and then (seen in the sshd rehearsal example; not yet understood).
+  const result = await guest.exec(['sh', '-c', INVENTORY_SCRIPT, 'sh', ...paths], { sudo: true, timeoutMs: 300_000, via: 'ssh' });
   if (result.exitCode !== 0) throw new GuestCommandError({ command: 'inventory', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, guest: guest.name });
   return parseInventory(result.stdout, options.ignore ?? DEFAULT_INVENTORY_IGNORE);
 }
