@@ -1,7 +1,8 @@
 // npm run bench:files [-- --mib N --runs N --json]
-// Throughput of copying one file into and out of a guest: guestlab's copyTo/copyFrom (cat over the
-// guest agent's virtio-serial port, and with via: 'ssh' over a channel of its SSH connection) next to sftp fastPut/fastGet (ssh2, its own connection)
-// and scp (the OpenSSH client, a new process each time), on the same guest in the same invocation.
+// Throughput of copying one file into and out of a guest: guestlab's copyTo/copyFrom (the guest
+// agent's own WRITE_FILE/READ_FILE on its virtio-serial port, and with via: 'ssh' cat over a
+// channel of its SSH connection) next to sftp fastPut/fastGet (ssh2, its own connection) and scp
+// (the OpenSSH client, a new process each time), on the same guest in the same invocation.
 // Prints MB/s (1 MB = 10^6 bytes); asserts nothing.
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';

@@ -1,5 +1,5 @@
 /*
- * guestlab agent protocol, version 1
+ * guestlab agent protocol, version 2
  *
  * guestlab (src/agent/) and the guest agent (images/agent/guestlab-agent.c) exchange frames over
  * one byte stream: a virtio-serial port in the guest (/dev/virtio-ports/org.guestlab.agent.0),
@@ -30,6 +30,20 @@
  *                   seed: the agent sets the guest's clock, writes the seed into /dev/urandom and
  *                   forces a reseed (RNDRESEEDCRNG), without a fork; EXIT (0) or ERROR answers.
  *                   A restored clone's first request.
+ *   0x08 WRITE_FILE u32 mode, then NUL-terminated strings: user ("": root), path (absolute), owner
+ *                   ("": unchanged; "user", "user:group", "user:" or ":group", by name or number;
+ *                   root only). With the user's file-system uid, gid and groups, the agent makes
+ *                   the directories above path (0755), creates a new file beside it
+ *                   (path.guestlab-XXXXXX, then owner and mode), writes the STDIN frames that
+ *                   follow into it (within the window, acknowledged as for a command) and at
+ *                   STDIN_EOF renames it over path. EXIT 0 once renamed. When a step fails: a
+ *                   message on STDERR, the new file removed, and EXIT with the step's errno as the
+ *                   exit code (ENOENT 2, EACCES 13, EISDIR 21, ENOSPC 28). KILL abandons it.
+ *   0x09 READ_FILE  NUL-terminated strings: user ("": root), path (absolute). Opened with the
+ *                   user's file-system credentials; its bytes come as STDOUT frames, then EXIT 0,
+ *                   or a message on STDERR and EXIT with the errno (a directory: EISDIR, 21).
+ *                   KILL abandons it.
+ *                   Both are commands without a process: same ids, frames and limits, no timeout.
  *
  * Agent to host
  *   0x81 HELLO      MAGIC, the host's nonce, u32 protocol version, u32 agent pid, u32 stdin
@@ -94,11 +108,12 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/random.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define HDR 12
 #define MAX_PAYLOAD (1u << 20)
 #define IN_CAP (MAX_PAYLOAD + HDR + 256u * 1024)
@@ -120,6 +135,7 @@
 
 enum {
   T_HELLO = 0x01, T_EXEC = 0x02, T_STDIN = 0x03, T_STDIN_EOF = 0x04, T_KILL = 0x05, T_PING = 0x06, T_RENEW = 0x07,
+  T_WRITE_FILE = 0x08, T_READ_FILE = 0x09,
   R_HELLO = 0x81, R_STDOUT = 0x82, R_STDERR = 0x83, R_STDIN_ACK = 0x84, R_EXIT = 0x85,
   R_PONG = 0x86, R_ERROR = 0x87, R_READY = 0x88,
 };
@@ -394,8 +410,11 @@ static void load_locale(void) {
 
 /* ---- commands ---- */
 
+enum { PROCESS, WRITE_FILE, READ_FILE };
+
 struct command {
   int used;
+  int kind;                /* PROCESS, or a file: no process, pid 0 */
   unsigned generation;     /* changes whenever the slot is released */
   uint32_t id;
   pid_t pid;               /* also the process group */
@@ -405,6 +424,8 @@ struct command {
   int64_t deadline, kill_at; /* monotonic ms; 0: none */
   unsigned char *ring;     /* stdin bytes the pipe did not take yet, STDIN_WINDOW bytes */
   uint32_t ring_head, ring_len, ack_pending;
+  char *path, *temp, *user; /* a file's path; WRITE_FILE: the new file beside it until renamed, its writer */
+  int file_error;           /* errno of a file's failed read or write */
 };
 
 static struct command commands[MAX_COMMANDS];
@@ -431,6 +452,10 @@ static void release(struct command *c) {
   close_fd(&c->out[1]);
   close_fd(&c->in);
   free(c->ring);
+  if (c->temp) unlink(c->temp); /* a file write that did not finish leaves nothing behind */
+  free(c->temp);
+  free(c->path);
+  free(c->user);
   unsigned generation = c->generation + 1;
   memset(c, 0, sizeof *c);
   c->generation = generation;
@@ -667,6 +692,7 @@ static void exit_frame(uint32_t id, int status, int timed_out) {
 }
 
 static void stdin_broken(struct command *c) {
+  if (c->kind == WRITE_FILE && !c->file_error) c->file_error = errno ? errno : EIO;
   c->stdin_broken = 1;
   c->ack_pending += c->ring_len;
   c->ring_len = 0;
@@ -1021,6 +1047,279 @@ static void on_renew(uint32_t id, const unsigned char *p, uint32_t len) {
   else exit_frame(id, 0, 0);
 }
 
+/* ---- files: WRITE_FILE and READ_FILE, with the user's file-system credentials, no process ---- */
+
+/* Takes the user's file-system uid, gid and groups for the calls that follow (root: nothing to do). */
+static int enter_user(const struct account *a) {
+  if (a->uid == 0) return 0;
+  collect_groups(a);
+  if (syscall(SYS_setgroups, ngroups, groups) < 0) return -1;
+  syscall(SYS_setfsgid, a->gid);
+  syscall(SYS_setfsuid, a->uid);
+  if ((uid_t)syscall(SYS_setfsuid, (uid_t)-1) != a->uid || (gid_t)syscall(SYS_setfsgid, (gid_t)-1) != a->gid) {
+    errno = EPERM;
+    return -1;
+  }
+  return 0;
+}
+
+static void leave_user(void) {
+  syscall(SYS_setfsuid, 0);
+  syscall(SYS_setfsgid, 0);
+  syscall(SYS_setgroups, 0, NULL);
+}
+
+/* "guestlab-agent: <what>: <path>: <error>" on the command's stderr. */
+static void file_message(uint32_t id, const char *what, const char *path, int err) {
+  char line[PATH_MAX + 256];
+  int n = snprintf(line, sizeof line, "guestlab-agent: %s%s%.*s: %s\n", what, *what ? " " : "", PATH_MAX, path, strerror(err));
+  if (n > (int)sizeof line - 1) n = (int)sizeof line - 1;
+  emit(R_STDERR, id, line, (size_t)n, NULL, 0);
+}
+
+/* A file request that failed before anything started: the message, then EXIT with the errno. */
+static void file_refused(uint32_t id, const char *what, const char *path, int err) {
+  file_message(id, what, path, err);
+  exit_frame(id, (err & 0xff) << 8, 0);
+}
+
+/* "user", "user:group", "user:" (the user's login group) or ":group"; names or numbers, as chown(1). */
+static int parse_owner(const char *owner, uid_t *uid, gid_t *gid) {
+  *uid = (uid_t)-1;
+  *gid = (gid_t)-1;
+  const char *colon = strchr(owner, ':');
+  size_t ulen = colon ? (size_t)(colon - owner) : strlen(owner);
+  const char *group = colon ? colon + 1 : "";
+  if (ulen) {
+    char name[256];
+    struct account a;
+    uint32_t id;
+    if (ulen >= sizeof name) return 0;
+    memcpy(name, owner, ulen);
+    name[ulen] = 0;
+    if (lookup_account(name, &a)) {
+      *uid = a.uid;
+      if (colon && !*group) *gid = a.gid;
+    } else if (parse_id(name, ulen, &id) && !(colon && !*group)) {
+      *uid = id;
+    } else {
+      return 0;
+    }
+  }
+  if (*group) {
+    size_t glen = strlen(group);
+    uint32_t id;
+    refresh(&group_file);
+    const char *at = group_file.data, *line;
+    size_t len;
+    while (next_line(&at, &line, &len)) {
+      const char *f[4];
+      size_t fl[4];
+      if (split_fields(line, len, f, fl, 4) >= 3 && fl[0] == glen && !memcmp(f[0], group, glen) && parse_id(f[2], fl[2], &id)) {
+        *gid = id;
+        return 1;
+      }
+    }
+    if (!parse_id(group, glen, &id)) return 0;
+    *gid = id;
+  }
+  return 1;
+}
+
+/* mkdir -p of the directories above path (mode 0755), as the caller's credentials allow. */
+static int make_parents(char *path) {
+  for (char *slash = strchr(path + 1, '/'); slash; slash = strchr(slash + 1, '/')) {
+    *slash = 0;
+    int failed = mkdir(path, 0755) < 0 && errno != EEXIST;
+    *slash = '/';
+    if (failed) return -1;
+  }
+  return 0;
+}
+
+static struct command *new_command(uint32_t id, int kind) {
+  struct command *c = NULL;
+  for (int i = 0; i < MAX_COMMANDS && !c; i++) if (!commands[i].used) c = &commands[i];
+  if (!c) abort(); /* cannot happen: the caller checked running < MAX_COMMANDS */
+  unsigned generation = c->generation;
+  memset(c, 0, sizeof *c);
+  c->generation = generation;
+  c->used = 1;
+  c->id = id;
+  c->kind = kind;
+  c->out[0] = c->out[1] = c->in = -1;
+  running++;
+  if (c - commands >= command_top) command_top = (int)(c - commands) + 1;
+  return c;
+}
+
+/* Splits a file request's payload after `skip` bytes into `n` NUL-terminated strings. 0: malformed. */
+static int file_strings(unsigned char *p, uint32_t len, size_t skip, char **out, int n) {
+  size_t at = skip;
+  for (int i = 0; i < n; i++) {
+    unsigned char *nul = at < len ? memchr(p + at, 0, len - at) : NULL;
+    if (!nul) return 0;
+    out[i] = (char *)p + at;
+    at = (size_t)(nul - p) + 1;
+  }
+  return at == len;
+}
+
+/* Checks what every file request checks; fills the account. 0: an error was sent. */
+static int file_request(uint32_t id, const char *user, const char *path, struct account *a) {
+  if (id == 0 || find_command(id)) {
+    protocol_error(id ? "a file request with the id %u of a running command" : "a file request with id %u", id);
+    return 0;
+  }
+  if (*path != '/' || strlen(path) >= PATH_MAX) {
+    send_error(id, "the path must be absolute and shorter than %d bytes", PATH_MAX);
+    return 0;
+  }
+  if (running >= MAX_COMMANDS) {
+    send_error(id, "too many commands running (%d)", MAX_COMMANDS);
+    return 0;
+  }
+  if (!lookup_account(*user ? user : "root", a)) {
+    send_error(id, "no user \"%.64s\" in /etc/passwd", *user ? user : "root");
+    return 0;
+  }
+  return 1;
+}
+
+static void on_write_file(uint32_t id, unsigned char *p, uint32_t len) {
+  char *s[3];
+  if (len < 4 || !file_strings(p, len, 4, s, 3)) {
+    send_error(id, "malformed WRITE_FILE: %u bytes", len);
+    return;
+  }
+  uint32_t mode = get32(p);
+  const char *user = s[0], *owner = s[2];
+  char *path = s[1];
+  struct account a;
+  uid_t uid = (uid_t)-1;
+  gid_t gid = (gid_t)-1;
+  if (mode > 07777) {
+    send_error(id, "malformed WRITE_FILE: mode %#o", mode);
+    return;
+  }
+  if (!file_request(id, user, path, &a)) return;
+  if (*owner && a.uid != 0) {
+    send_error(id, "only root can give a file another owner");
+    return;
+  }
+  if (*owner && !parse_owner(owner, &uid, &gid)) {
+    send_error(id, "no such owner \"%.64s\" (user, user:group or :group, by name or number)", owner);
+    return;
+  }
+  size_t plen = strlen(path);
+  if (plen < 2 || path[plen - 1] == '/') {
+    file_refused(id, "writing", path, EISDIR);
+    return;
+  }
+  char *temp = xmalloc(plen + 32);
+  if (enter_user(&a) < 0) {
+    int err = errno;
+    leave_user();
+    free(temp);
+    file_refused(id, "taking the credentials of", a.name, err);
+    return;
+  }
+  int fd = -1, err = 0;
+  if (make_parents(path) < 0) err = errno;
+  for (int attempt = 0; !err && fd < 0 && attempt < 100; attempt++) {
+    static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    unsigned char r[6];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) {
+      err = errno;
+      break;
+    }
+    char suffix[7];
+    for (int i = 0; i < 6; i++) suffix[i] = letters[r[i] % (sizeof letters - 1)];
+    suffix[6] = 0;
+    snprintf(temp, plen + 32, "%s.guestlab-%s", path, suffix);
+    fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) err = errno;
+  }
+  if (!err && fd < 0) err = EEXIST;
+  /* The owner first: chown clears set-id bits that fchmod then sets. */
+  const char *step = "creating a file beside";
+  if (!err && *owner && fchown(fd, uid, gid) < 0) err = errno, step = "changing the owner of the new file for";
+  if (!err && fchmod(fd, (mode_t)mode) < 0) err = errno, step = "changing the mode of the new file for";
+  if (err && fd >= 0) {
+    close(fd);
+    unlink(temp);
+  }
+  leave_user();
+  if (err) {
+    free(temp);
+    file_refused(id, step, path, err);
+    return;
+  }
+  struct command *c = new_command(id, WRITE_FILE);
+  c->in = fd;
+  c->temp = temp;
+  c->path = strdup(path);
+  c->user = strdup(a.name);
+  if (!c->path || !c->user) die("out of memory");
+}
+
+static void on_read_file(uint32_t id, unsigned char *p, uint32_t len) {
+  char *s[2];
+  if (!file_strings(p, len, 0, s, 2)) {
+    send_error(id, "malformed READ_FILE: %u bytes", len);
+    return;
+  }
+  struct account a;
+  if (!file_request(id, s[0], s[1], &a)) return;
+  int fd = -1, err = 0;
+  if (enter_user(&a) < 0) err = errno;
+  else if ((fd = open(s[1], O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)) < 0) err = errno;
+  leave_user();
+  struct stat st;
+  if (!err && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+    close(fd);
+    err = EISDIR;
+  }
+  if (err) {
+    file_refused(id, "reading", s[1], err);
+    return;
+  }
+  struct command *c = new_command(id, READ_FILE);
+  c->out[0] = fd;
+  c->reaped = 1; /* done once its bytes are sent */
+  c->path = strdup(s[1]);
+  if (!c->path) die("out of memory");
+}
+
+/* A file's end: a read that failed says so; a write whose input ended is renamed over its path. */
+static void finish_file(struct command *c) {
+  if (c->kind == READ_FILE) {
+    if (c->file_error && c->out[0] < 0 && !c->status) {
+      file_message(c->id, "reading", c->path, c->file_error);
+      c->status = (c->file_error & 0xff) << 8;
+    }
+    return;
+  }
+  if (c->reaped || c->in >= 0 || c->ring_len) return; /* done, or more to write */
+  int err = c->file_error;
+  const char *step = "writing";
+  if (!err && !c->stdin_eof) return;
+  if (!err) {
+    struct account a;
+    if (!lookup_account(c->user, &a)) err = ENOENT, step = "looking up the writer of";
+    else if (enter_user(&a) < 0) err = errno, step = "taking the writer's credentials for";
+    else if (rename(c->temp, c->path) < 0) err = errno, step = "renaming the new file to";
+    else {
+      free(c->temp);
+      c->temp = NULL;
+    }
+    leave_user();
+  }
+  if (err) file_message(c->id, step, c->path, err);
+  c->status = (err & 0xff) << 8;
+  c->reaped = 1;
+}
+
 static void on_kill(uint32_t id, const unsigned char *p, uint32_t len) {
   if (len != 4) {
     protocol_error("a KILL of %u bytes", len);
@@ -1029,6 +1328,12 @@ static void on_kill(uint32_t id, const unsigned char *p, uint32_t len) {
   uint32_t sig = get32(p);
   struct command *c = find_command(id);
   if (!c || sig == 0 || sig > 64) return;
+  if (c->kind != PROCESS) {
+    /* A file has no process: any signal abandons it (a write's new file is removed). */
+    c->reaped = c->forced = 1;
+    c->status = (int)sig;
+    return;
+  }
   kill(-c->pid, (int)sig);
   if (sig == SIGKILL) c->forced = 1;
 }
@@ -1049,6 +1354,8 @@ static void on_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
     }
     case T_KILL: on_kill(id, p, len); break;
     case T_RENEW: on_renew(id, p, len); break;
+    case T_WRITE_FILE: on_write_file(id, p, len); break;
+    case T_READ_FILE: on_read_file(id, p, len); break;
     case T_PING:
       if (len > MAX_PING) protocol_error("a PING of %u bytes", len);
       else emit(R_PONG, id, p, len, NULL, 0);
@@ -1153,6 +1460,7 @@ static void read_output(struct command *c, int which) {
     put_header(outbuf + out_tail, which ? R_STDERR : R_STDOUT, c->id, (uint32_t)n);
     out_tail += HDR + (size_t)n;
   } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+    if (n < 0 && c->kind == READ_FILE) c->file_error = errno;
     close_fd(&c->out[which]);
   }
 }
@@ -1173,6 +1481,7 @@ static void run_timers(int64_t now) {
   for (int i = 0; i < command_top; i++) {
     struct command *c = &commands[i];
     if (!c->used) continue;
+    if (c->kind != PROCESS) continue; /* files have no timeout and no process */
     if (c->deadline && now >= c->deadline) {
       c->deadline = 0;
       c->timed_out = 1;
@@ -1197,6 +1506,7 @@ static void finish_commands(void) {
       emit(R_STDIN_ACK, c->id, p, 4, NULL, 0);
       c->ack_pending = 0;
     }
+    if (c->kind != PROCESS) finish_file(c);
     if (c->reaped && (c->forced || (c->out[0] < 0 && c->out[1] < 0))) {
       exit_frame(c->id, c->status, c->timed_out);
       release(c);

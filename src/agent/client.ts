@@ -9,7 +9,8 @@ import { describeValue, expectPositiveInteger } from '../util/validate.ts';
 import { AgentCommand } from './command.ts';
 import { FrameDecoder } from './frame-decoder.ts';
 import { decodeHelloReply, encodeFrame, encodeHeader, encodeHello, type Frame, FrameType, MAGIC, PROTOCOL_VERSION } from './protocol.ts';
-import { type AgentExecRequest, type AgentExecResult, encodeExecRequest } from './request.ts';
+import { type AgentCommandRequest } from './command.ts';
+import { type AgentExecRequest, type AgentExecResult, type AgentReadFileRequest, type AgentWriteFileRequest, encodeExecRequest, encodeReadFileRequest, encodeWriteFileRequest } from './request.ts';
 
 export interface AgentHello {
   version: number;
@@ -139,16 +140,36 @@ export class AgentClient {
 
   async exec(request: AgentExecRequest): Promise<AgentExecResult> {
     const payload = encodeExecRequest(request);
-    if (request.signal?.aborted) throw new AbortedError(`Guest command ${request.argv[0]}`, { cause: request.signal.reason });
+    return this.#start(FrameType.EXEC, payload, request, `command ${request.argv[0]}`);
+  }
+
+  /**
+   * Writes `data` into a new file beside `path` and renames it over path, done by the agent itself
+   * with the user's file permissions: no process, no pipe. A failed step is exit code 1 with the
+   * agent's message on stderr, and leaves nothing behind.
+   */
+  async writeFile(request: AgentWriteFileRequest): Promise<AgentExecResult> {
+    const payload = encodeWriteFileRequest(request);
+    return this.#start(FrameType.WRITE_FILE, payload, { stdin: request.data, signal: request.signal }, `file write ${request.path}`);
+  }
+
+  /** The bytes of a guest file, read by the agent itself with the user's file permissions (exit code 1 and a message on stderr when it cannot). */
+  async readFile(request: AgentReadFileRequest): Promise<AgentExecResult> {
+    const payload = encodeReadFileRequest(request);
+    return this.#start(FrameType.READ_FILE, payload, { stdout: request.stdout, signal: request.signal }, `file read ${request.path}`);
+  }
+
+  async #start(type: number, payload: Buffer, request: AgentCommandRequest, label: string): Promise<AgentExecResult> {
+    if (request.signal?.aborted) throw new AbortedError(`Guest ${label}`, { cause: request.signal.reason });
     if (this.#lost) throw this.#lostError();
     const id = this.#allocateId();
     const command = new AgentCommand(id, request, {
-      send: (type, commandId, framePayload) => this.#send(type, commandId, framePayload),
+      send: (frameType, commandId, framePayload) => this.#send(frameType, commandId, framePayload),
       done: (commandId) => this.#commands.delete(commandId),
       stdinWindow: this.#stdinWindow,
-    });
+    }, label);
     this.#commands.set(id, command);
-    command.start(payload);
+    command.start(type, payload);
     return command.result;
   }
 

@@ -7,6 +7,9 @@ import { AbortedError } from '../errors.ts';
 import { decodeExit, encodeU32, type ExitStatus, type Frame, FrameType, SIGNALS } from './protocol.ts';
 import type { AgentExecRequest, AgentExecResult } from './request.ts';
 
+/** What a command's frames need of its request: an exec's, or a file's in the same shape. */
+export type AgentCommandRequest = Pick<AgentExecRequest, 'stdin' | 'stdout' | 'signal' | 'timeoutMs'>;
+
 const STDIN_FRAME_BYTES = 256 * 1024;
 const KILL_AFTER_MS = 2000;
 /** After the agent's own timeout and KILL: how long the host waits for EXIT before giving up on it. */
@@ -36,30 +39,34 @@ export class AgentCommand {
   #source: Readable | undefined;
   #killTimer: NodeJS.Timeout | undefined;
   #giveUpTimer: NodeJS.Timeout | undefined;
-  readonly #onAbort = () => this.#abandon(new AbortedError(`Guest command ${this.request.argv[0]}`, { cause: this.request.signal?.reason }));
+  readonly #onAbort = () => this.#abandon(new AbortedError(`Guest ${this.label}`, { cause: this.request.signal?.reason }));
 
   readonly id: number;
-  readonly request: AgentExecRequest;
+  readonly request: AgentCommandRequest;
   readonly link: CommandLink;
+  /** How messages name it: "command ls", "file write /etc/motd". */
+  readonly label: string;
 
-  constructor(id: number, request: AgentExecRequest, link: CommandLink) {
+  constructor(id: number, request: AgentCommandRequest, link: CommandLink, label: string) {
     this.id = id;
     this.request = request;
     this.link = link;
+    this.label = label;
     this.result = new Promise((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
     });
   }
 
-  start(payload: Buffer): void {
-    this.link.send(FrameType.EXEC, this.id, payload);
+  /** Sends the request (EXEC, WRITE_FILE or READ_FILE) and starts its stdin. */
+  start(type: number, payload: Buffer): void {
+    this.link.send(type, this.id, payload);
     const { stdin, stdout, signal, timeoutMs } = this.request;
     signal?.addEventListener('abort', this.#onAbort, { once: true });
     if (timeoutMs !== undefined) {
       // The agent ends a command that timed out; this only covers an agent that never says so.
       const after = timeoutMs + KILL_AFTER_MS + EXIT_GRACE_MS;
-      this.#giveUpTimer = setTimeout(() => this.#abandon(new Error(`The guest agent did not report the end of ${this.request.argv[0]} ${after} ms after it started (timeoutMs ${timeoutMs})`)), after);
+      this.#giveUpTimer = setTimeout(() => this.#abandon(new Error(`The guest agent did not report the end of ${this.label} ${after} ms after it started (timeoutMs ${timeoutMs})`)), after);
       this.#giveUpTimer.unref();
     }
     stdout?.on('error', this.#onStdoutError);
@@ -98,7 +105,7 @@ export class AgentCommand {
         return;
       case FrameType.ERROR:
         this.#last();
-        this.#settle(new Error(`The guest agent refused the command ${this.request.argv[0]}: ${frame.payload.toString('utf8')}`));
+        this.#settle(new Error(`The guest agent refused the ${this.label}: ${frame.payload.toString('utf8')}`));
     }
   }
 
@@ -140,11 +147,11 @@ export class AgentCommand {
   };
 
   readonly #onInputError = (error: Error) => {
-    this.#abandon(new Error(`Reading the stdin of the guest command ${this.request.argv[0]} failed: ${error.message}`, { cause: error }));
+    this.#abandon(new Error(`Reading the stdin of the guest ${this.label} failed: ${error.message}`, { cause: error }));
   };
 
   readonly #onStdoutError = (error: Error) => {
-    this.#abandon(new Error(`Writing the stdout of the guest command ${this.request.argv[0]} failed: ${error.message}`, { cause: error }));
+    this.#abandon(new Error(`Writing the stdout of the guest ${this.label} failed: ${error.message}`, { cause: error }));
   };
 
   #stopInput(): void {
@@ -183,7 +190,7 @@ export class AgentCommand {
       try {
         await finished(stdout, { readable: false });
       } catch (error) {
-        return this.#settle(new Error(`Writing the stdout of the guest command ${this.request.argv[0]} failed: ${(error as Error).message}`, { cause: error }));
+        return this.#settle(new Error(`Writing the stdout of the guest ${this.label} failed: ${(error as Error).message}`, { cause: error }));
       } finally {
         stdout.off('error', this.#onStdoutError);
       }

@@ -1,5 +1,5 @@
 /*
- * guestlab agent protocol, version 1
+ * guestlab agent protocol, version 2
  *
  * guestlab (src/agent/) and the guest agent (images/agent/guestlab-agent.c) exchange frames over
  * one byte stream: a virtio-serial port in the guest (/dev/virtio-ports/org.guestlab.agent.0),
@@ -30,6 +30,20 @@
  *                   seed: the agent sets the guest's clock, writes the seed into /dev/urandom and
  *                   forces a reseed (RNDRESEEDCRNG), without a fork; EXIT (0) or ERROR answers.
  *                   A restored clone's first request.
+ *   0x08 WRITE_FILE u32 mode, then NUL-terminated strings: user ("": root), path (absolute), owner
+ *                   ("": unchanged; "user", "user:group", "user:" or ":group", by name or number;
+ *                   root only). With the user's file-system uid, gid and groups, the agent makes
+ *                   the directories above path (0755), creates a new file beside it
+ *                   (path.guestlab-XXXXXX, then owner and mode), writes the STDIN frames that
+ *                   follow into it (within the window, acknowledged as for a command) and at
+ *                   STDIN_EOF renames it over path. EXIT 0 once renamed. When a step fails: a
+ *                   message on STDERR, the new file removed, and EXIT with the step's errno as the
+ *                   exit code (ENOENT 2, EACCES 13, EISDIR 21, ENOSPC 28). KILL abandons it.
+ *   0x09 READ_FILE  NUL-terminated strings: user ("": root), path (absolute). Opened with the
+ *                   user's file-system credentials; its bytes come as STDOUT frames, then EXIT 0,
+ *                   or a message on STDERR and EXIT with the errno (a directory: EISDIR, 21).
+ *                   KILL abandons it.
+ *                   Both are commands without a process: same ids, frames and limits, no timeout.
  *
  * Agent to host
  *   0x81 HELLO      MAGIC, the host's nonce, u32 protocol version, u32 agent pid, u32 stdin
@@ -66,7 +80,7 @@
 // Frame encoding and payload decoding for the agent protocol above, shared by the client and the
 // tests. Pure: no streams, no timers.
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const HEADER_BYTES = 12;
 export const MAX_PAYLOAD = 1 << 20;
 export const MAX_PING = 64;
@@ -80,6 +94,8 @@ export const FrameType = {
   KILL: 0x05,
   PING: 0x06,
   RENEW: 0x07,
+  WRITE_FILE: 0x08,
+  READ_FILE: 0x09,
   HELLO_REPLY: 0x81,
   STDOUT: 0x82,
   STDERR: 0x83,
@@ -149,6 +165,17 @@ export function encodeExecPayload(fields: ExecFields): Buffer {
   fixed.writeUInt32LE(fields.argv.length, 8);
   fixed.writeUInt32LE(env.length, 12);
   return Buffer.concat([fixed, Buffer.from(strings.join('\0') + '\0', 'utf8')]);
+}
+
+/** The WRITE_FILE payload: mode, then user, path and owner, NUL-terminated. */
+export function encodeWriteFilePayload(fields: { user?: string | undefined; path: string; mode: number; owner?: string | undefined }): Buffer {
+  const fixed = encodeU32(fields.mode);
+  return Buffer.concat([fixed, Buffer.from(`${fields.user ?? ''}\0${fields.path}\0${fields.owner ?? ''}\0`, 'utf8')]);
+}
+
+/** The READ_FILE payload: user and path, NUL-terminated. */
+export function encodeReadFilePayload(fields: { user?: string | undefined; path: string }): Buffer {
+  return Buffer.from(`${fields.user ?? ''}\0${fields.path}\0`, 'utf8');
 }
 
 /** The payload of KILL (and of STDIN_ACK): one u32. */

@@ -2,7 +2,7 @@
 // here with a message naming the field, never as a garbled frame the agent has to refuse.
 import type { Readable, Writable } from 'node:stream';
 import { describeValue, isPlainObject } from '../util/validate.ts';
-import { encodeExecPayload, MAX_PAYLOAD } from './protocol.ts';
+import { encodeExecPayload, encodeReadFilePayload, encodeWriteFilePayload, MAX_PAYLOAD } from './protocol.ts';
 
 export interface AgentExecRequest {
   /** The program and its arguments; argv[0] is looked up in PATH (execvp), never run by a shell. */
@@ -30,6 +30,29 @@ export interface AgentExecResult {
   /** The signal's name without "SIG" ("TERM"), or null. */
   signal: string | null;
   timedOut: boolean;
+}
+
+/** A file in the guest, read or written by the agent itself (no process), with a user's file permissions. */
+export interface AgentFileRequest {
+  /** Absolute path in the guest. */
+  path: string;
+  /** A login name from the guest's /etc/passwd whose file-system credentials are used; absent: root. */
+  user?: string;
+  /** Abort: the agent abandons the file (a write's new file is removed); the promise rejects at once. */
+  signal?: AbortSignal;
+}
+
+export interface AgentWriteFileRequest extends AgentFileRequest {
+  data: string | Uint8Array | Readable;
+  /** Permission bits of the new file; default 0o644. */
+  mode?: number;
+  /** "user", "user:group", "user:" or ":group" (root only). */
+  owner?: string;
+}
+
+export interface AgentReadFileRequest extends AgentFileRequest {
+  /** Receives the bytes instead of the result (ended at the end of the file). */
+  stdout?: Writable;
 }
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -73,6 +96,37 @@ export function encodeExecRequest(request: AgentExecRequest): Buffer {
     fail(`The command's argv and env take ${payload.length} bytes; the agent accepts at most ${MAX_PAYLOAD}. Pass large data through \`stdin\` instead.`);
   }
   return payload;
+}
+
+function checkFileRequest(request: AgentFileRequest, what: string): void {
+  if (!isPlainObject(request)) fail(`Expected the ${what} request to be an object, got ${describeValue(request)}`);
+  const { path, user, signal } = request;
+  if (typeof path !== 'string' || !path.startsWith('/') || path.includes('\0')) fail(`Expected \`path\` to be an absolute path in the guest, got ${describeValue(path)}`);
+  if (user !== undefined && (typeof user !== 'string' || !/^[^:/\0\n]+$/.test(user))) {
+    fail(`Expected \`user\` to be a login name (no ":", "/", NUL or newline), got ${describeValue(user)}`);
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) fail(`Expected \`signal\` to be an AbortSignal, got ${describeValue(signal)}`);
+}
+
+/** Checks a file write and returns its WRITE_FILE payload. */
+export function encodeWriteFileRequest(request: AgentWriteFileRequest): Buffer {
+  checkFileRequest(request, 'write file');
+  const { path, user, data, mode = 0o644, owner } = request;
+  if (typeof data !== 'string' && !(data instanceof Uint8Array) && !isReadable(data)) {
+    fail(`Expected \`data\` to be a string, a Uint8Array or a readable stream, got ${describeValue(data)}`);
+  }
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) fail(`Expected \`mode\` to be permission bits from 0 to 0o7777, got ${describeValue(mode)}`);
+  if (owner !== undefined && (typeof owner !== 'string' || !/^[^:/\0\n]*(:[^:/\0\n]*)?$/.test(owner) || owner === '' || owner === ':')) {
+    fail(`Expected \`owner\` to be "user", "user:group" or ":group", got ${describeValue(owner)}`);
+  }
+  return encodeWriteFilePayload({ user, path, mode, owner });
+}
+
+/** Checks a file read and returns its READ_FILE payload. */
+export function encodeReadFileRequest(request: AgentReadFileRequest): Buffer {
+  checkFileRequest(request, 'read file');
+  if (request.stdout !== undefined && !isWritable(request.stdout)) fail(`Expected \`stdout\` to be a writable stream, got ${describeValue(request.stdout)}`);
+  return encodeReadFilePayload(request);
 }
 
 function isReadable(value: unknown): value is Readable {

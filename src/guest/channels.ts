@@ -9,6 +9,7 @@ import { describeValue } from '../util/validate.ts';
 import { SshSession } from '../ssh/session.ts';
 import { retryUntil } from '../util/retry.ts';
 import { runCommand, runOnAgent } from './commands.ts';
+import type { AgentFiles } from './files.ts';
 import type { GuestResources } from './resources.ts';
 import type { ExecOptions, ExecResult, SshInfo } from './types.ts';
 
@@ -58,6 +59,17 @@ export class GuestChannels {
       .then((session) => (this.#resources.session = session))
       .finally(() => (this.#connecting = undefined));
     return this.#connecting;
+  }
+
+  /** The agent's own file requests for the login user (root with `sudo`), unless `via` asks for SSH or there is no agent. */
+  files(via: ExecOptions['via']): AgentFiles | undefined {
+    const { agent } = this;
+    if (!agent || via === 'ssh') return undefined;
+    const user = this.#ssh.user;
+    return {
+      write: ({ sudo, ...request }) => agent.writeFile({ ...request, ...(sudo ? {} : { user }) }),
+      read: ({ sudo, ...request }) => agent.readFile({ ...request, ...(sudo ? {} : { user }) }),
+    };
   }
 
   /** Runs argv through the agent when it answers, over SSH otherwise. */

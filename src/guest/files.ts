@@ -1,12 +1,14 @@
-// Files between host and guest: single files stream through `cat` on the guest's command channel
-// (the agent's virtio-serial port, or an SSH channel), directories through tar on both ends. Paths and modes reach the guest as positional arguments of fixed
-// scripts, never spliced into script text. Measured here (bench/files.ts) against sftp fastPut/
-// fastGet on the same connection, see README.
+// Files between host and guest. With a guest agent, a single file is written or read by the agent
+// itself (WRITE_FILE, READ_FILE: no process, no pipe, the user's file permissions); over SSH it
+// streams through `cat` on a channel. Directories go through tar on both ends. Paths and modes
+// reach the guest as request fields or as positional arguments of fixed scripts, never spliced
+// into script text. Measured in bench/files.ts (agent and SSH side by side), see README.
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { PassThrough, Writable, type Readable } from 'node:stream';
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { AgentExecResult } from '../agent/request.ts';
 import { GuestCommandError } from '../errors.ts';
 import { quoteArgv } from '../util/shell-quote.ts';
 import { describeValue } from '../util/validate.ts';
@@ -32,11 +34,30 @@ export interface ReadFileOptions {
   via?: ExecOptions['via'];
 }
 
-/** What files.ts needs from a guest: exec with streaming stdin/stdout. */
+/** A file request as a guest passes it to its agent: as the login user, or as root with `sudo`. */
+export interface AgentFileRequest {
+  path: string;
+  sudo?: boolean | undefined;
+  signal?: AbortSignal | undefined;
+}
+
+/** The agent's own file requests (see AgentClient.writeFile/readFile); a failure is an errno exit code. */
+export interface AgentFiles {
+  write(request: AgentFileRequest & { data: string | Uint8Array | Readable; mode: number; owner?: string | undefined }): Promise<AgentExecResult>;
+  read(request: AgentFileRequest & { stdout: Writable }): Promise<AgentExecResult>;
+}
+
+/** What files.ts needs from a guest: exec with streaming stdin/stdout, and its agent's file requests when it has an agent. */
 export interface FileGuest {
   readonly name: string;
   exec(argv: string[], options?: ExecOptions): Promise<ExecResult>;
+  /** The agent's file requests, unless `via` asks for SSH or the guest has no agent answering. */
+  agentFiles?(via: ExecOptions['via']): AgentFiles | undefined;
 }
+
+/** errno values the agent's file requests exit with, where the caller acts on them. */
+const ENOENT = 2;
+const EISDIR = 21;
 
 // Write stdin to "$1" atomically: a temporary file beside it, then chmod/chown, then rename.
 const WRITE_SCRIPT =
@@ -80,12 +101,24 @@ async function must(guest: FileGuest, argv: string[], options: ExecOptions, what
   return result;
 }
 
+/** A failed agent file request as the error a failed command would give. */
+function fileFailed(guest: FileGuest, what: string, result: AgentExecResult): GuestCommandError {
+  return new GuestCommandError({ command: what, exitCode: result.exitCode ?? -1, signal: result.signal ?? undefined, stdout: '', stderr: result.stderr.toString('utf8'), guest: guest.name });
+}
+
 export async function writeGuestFile(guest: FileGuest, guestPath: string, data: string | Uint8Array | NodeJS.ReadableStream, options: WriteFileOptions = {}): Promise<void> {
   const target = checkGuestPath(guestPath, 'guestPath');
   const mode = parseMode(options.mode ?? 0o644);
   const owner = checkOwner(options.owner);
   const stdin = typeof data === 'string' || data instanceof Uint8Array ? data : (data as Readable);
-  await must(guest, ['sh', '-c', WRITE_SCRIPT, 'sh', target, mode, owner], { stdin, sudo: options.sudo || !!owner, signal: options.signal, via: options.via }, `writing ${target}`);
+  const sudo = options.sudo || !!owner;
+  const agent = guest.agentFiles?.(options.via);
+  if (agent) {
+    const result = await agent.write({ path: target, data: stdin, mode: parseInt(mode, 8), owner: owner || undefined, sudo, signal: options.signal });
+    if (result.exitCode !== 0) throw fileFailed(guest, `writing ${target}`, result);
+    return;
+  }
+  await must(guest, ['sh', '-c', WRITE_SCRIPT, 'sh', target, mode, owner], { stdin, sudo, signal: options.signal, via: options.via }, `writing ${target}`);
 }
 
 export async function readGuestFile(guest: FileGuest, guestPath: string, options: ReadFileOptions = {}): Promise<Buffer> {
@@ -97,7 +130,13 @@ export async function readGuestFile(guest: FileGuest, guestPath: string, options
       callback();
     },
   });
-  await must(guest, ['cat', '--', source], { stdout: sink, sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
+  const agent = guest.agentFiles?.(options.via);
+  if (agent) {
+    const result = await agent.read({ path: source, stdout: sink, sudo: options.sudo, signal: options.signal });
+    if (result.exitCode !== 0) throw fileFailed(guest, `reading ${source}`, result);
+  } else {
+    await must(guest, ['cat', '--', source], { stdout: sink, sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
+  }
   return Buffer.concat(chunks);
 }
 
@@ -148,20 +187,51 @@ async function withHostTar(args: string[], what: string, body: (tar: ChildProces
 /** Copies a guest file or directory (recursively) to localPath on the host. */
 export async function copyFromGuest(guest: FileGuest, guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
   const source = checkGuestPath(guestPath, 'guestPath');
+  const agent = guest.agentFiles?.(options.via);
+  if (agent) {
+    // A file in one request; a directory answers EISDIR and goes through tar below.
+    const copied = await intoPartial(localPath, async (stdout) => {
+      const result = await agent.read({ path: source, stdout, sudo: options.sudo, signal: options.signal });
+      if (result.exitCode === EISDIR) return false;
+      if (result.exitCode === ENOENT) throw fileFailed(guest, `copyFrom: ${source} does not exist in the guest`, result);
+      if (result.exitCode !== 0) throw fileFailed(guest, `reading ${source}`, result);
+      return true;
+    });
+    if (!copied) return copyTreeFromGuest(guest, source, localPath, options);
+    return;
+  }
   const kind = await guest.exec(['sh', '-c', TYPE_SCRIPT, 'sh', source], { sudo: options.sudo, signal: options.signal, via: options.via });
   if (kind.exitCode !== 0) throw new GuestCommandError({ command: `copyFrom: ${source} does not exist in the guest`, exitCode: kind.exitCode, stdout: kind.stdout, stderr: kind.stderr, guest: guest.name });
   if (kind.stdout.trim() === 'file') {
-    await fs.mkdir(path.dirname(path.resolve(localPath)), { recursive: true });
-    const partial = `${localPath}.guestlab-partial-${process.pid}`;
-    try {
-      await must(guest, ['cat', '--', source], { stdout: createWriteStream(partial, { mode: 0o600 }), sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
-      await fs.rename(partial, localPath);
-    } catch (error) {
-      await fs.rm(partial, { force: true });
-      throw error;
-    }
+    await intoPartial(localPath, async (stdout) => {
+      await must(guest, ['cat', '--', source], { stdout, sudo: options.sudo, signal: options.signal, via: options.via }, `reading ${source}`);
+      return true;
+    });
     return;
   }
+  await copyTreeFromGuest(guest, source, localPath, options);
+}
+
+/**
+ * Writes localPath through a partial file beside it (0600), renamed into place when `body` returns
+ * true; removed when it returns false or throws.
+ */
+async function intoPartial(localPath: string, body: (stdout: Writable) => Promise<boolean>): Promise<boolean> {
+  await fs.mkdir(path.dirname(path.resolve(localPath)), { recursive: true });
+  const partial = `${localPath}.guestlab-partial-${process.pid}`;
+  try {
+    const keep = await body(createWriteStream(partial, { mode: 0o600 }));
+    if (keep) await fs.rename(partial, localPath);
+    else await fs.rm(partial, { force: true });
+    return keep;
+  } catch (error) {
+    await fs.rm(partial, { force: true });
+    throw error;
+  }
+}
+
+/** A guest directory, packed by the guest's tar and unpacked by the host's under localPath. */
+async function copyTreeFromGuest(guest: FileGuest, source: string, localPath: string, options: ReadFileOptions): Promise<void> {
   await fs.mkdir(localPath, { recursive: true });
   await withHostTar(['-x', '-f', '-', '-C', localPath, '--no-same-owner'], `unpacking ${source} into ${localPath}`, async (tar) => {
     // Not straight into tar.stdin: Node destroys a child's stdin when the child exits, which can

@@ -20,7 +20,7 @@ import { GuestChannels } from './channels.ts';
 import { toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
 import { readConsole, waitForConsole, waitForFile, waitForPort, waitForUnit, waitUntil } from './conditions.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
-import { copyFromGuest, copyToGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
+import { copyFromGuest, copyToGuest, type FileGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
 import { Forwards } from './forwards.ts';
 import { markInstanceKept, type InstanceDir } from './instance.ts';
 import type { InventoryDiff, InventoryOptions } from './inventory.ts';
@@ -75,6 +75,8 @@ export class StartedGuest implements AsyncDisposable {
   readonly #checkpoints: Checkpoints;
   readonly #mounts: GuestMounts;
   readonly #channels: GuestChannels;
+  /** What files.ts uses: exec, and the agent's file requests (failing on a full host disk as exec does). */
+  readonly #files: FileGuest;
   #stopping: Promise<void> | undefined;
   #kept = false;
 
@@ -103,6 +105,19 @@ export class StartedGuest implements AsyncDisposable {
       withinMs: 60_000 * timeoutScale(init.accel),
       qemuGone: () => exitedError(this.#resources.qemu, `while guestlab was connecting to guest ${this.name}`),
     });
+    this.#files = {
+      name: init.name,
+      exec: (argv, options) => this.exec(argv, options),
+      agentFiles: (via) => {
+        this.#checkUsable();
+        const files = this.#channels.files(via);
+        const orDiskFull = <T>(request: Promise<T>) =>
+          request.catch((error: unknown) => {
+            throw this.#resources.diskFull ?? error;
+          });
+        return files && { write: (request) => orDiskFull(files.write(request)), read: (request) => orDiskFull(files.read(request)) };
+      },
+    };
     this.#mounts = new GuestMounts({ guest: init.name, dir: init.instance.dir, exec: (argv, options) => this.exec(argv, options), monitor, booted: init.mounts ?? [] });
     this.#checkpoints = new Checkpoints(this, {
       monitor,
@@ -243,25 +258,25 @@ export class StartedGuest implements AsyncDisposable {
 
   /** Copies a host file or directory (recursively) to an absolute guest path. */
   async copyTo(localPath: string, guestPath: string, options: WriteFileOptions = {}): Promise<void> {
-    return copyToGuest(this, localPath, guestPath, options);
+    return copyToGuest(this.#files, localPath, guestPath, options);
   }
 
   /** Copies a guest file or directory (recursively) to a host path. */
   async copyFrom(guestPath: string, localPath: string, options: ReadFileOptions = {}): Promise<void> {
-    return copyFromGuest(this, guestPath, localPath, options);
+    return copyFromGuest(this.#files, guestPath, localPath, options);
   }
 
   /** A guest file's bytes, or its text when an encoding is given. */
   readFile(guestPath: string, options?: ReadFileOptions): Promise<Buffer>;
   readFile(guestPath: string, options: ReadFileOptions & { encoding: BufferEncoding }): Promise<string>;
   async readFile(guestPath: string, options: ReadFileOptions & { encoding?: BufferEncoding } = {}): Promise<Buffer | string> {
-    const data = await readGuestFile(this, guestPath, options);
+    const data = await readGuestFile(this.#files, guestPath, options);
     return options.encoding ? data.toString(options.encoding) : data;
   }
 
   /** Writes a guest file atomically (temporary file, chmod/chown, rename); parents are created. */
   async writeFile(guestPath: string, data: string | Uint8Array, options: WriteFileOptions = {}): Promise<void> {
-    return writeGuestFile(this, guestPath, data, options);
+    return writeGuestFile(this.#files, guestPath, data, options);
   }
 
   /**

@@ -90,6 +90,18 @@ describe('files', () => {
     expect((await fs.stat(path.join(back, 'sub', 'run.sh'))).mode & 0o777).toBe(0o755);
   });
 
+  test('files are written with the login user's permissions unless sudo, on the agent and over SSH alike', async ({ vm }) => {
+    for (const via of ['agent', 'ssh'] as const) {
+      await expect(vm.writeFile(`/root/${via}`, 'x', { via })).rejects.toThrow(/Permission denied/);
+      await expect(vm.readFile('/etc/shadow', { via })).rejects.toThrow(/Permission denied/);
+      await vm.writeFile(`/root/${via}`, `as root over ${via}`, { sudo: true, mode: 0o600, via });
+      expect(await vm.readFile(`/root/${via}`, { sudo: true, encoding: 'utf8', via })).toBe(`as root over ${via}`);
+      await vm.writeFile(`/home/guestlab/${via}/nested/file`, 'mine', { via });
+      expect(await vm.succeed(['stat', '-c', '%U %a', `/home/guestlab/${via}/nested`, `/home/guestlab/${via}/nested/file`])).toBe('guestlab 755\nguestlab 644\n');
+    }
+    expect(await vm.succeed(['ls', '-A', '/root', '/home/guestlab/agent/nested'], { sudo: true })).not.toMatch(/guestlab-/);
+  });
+
   test('bad input is refused with the fix in the message', async ({ vm }) => {
     await expect(vm.writeFile('relative/path', 'x')).rejects.toThrow(/absolute path in the guest/);
     await expect(vm.writeFile('/tmp/x', 'x', { mode: '999' })).rejects.toThrow(/permission mode such as 0o644/);
