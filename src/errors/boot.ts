@@ -53,7 +53,7 @@ export class CloudInitError extends GuestlabError {
   }
 }
 
-export type DeadEndKind = 'unit-failed' | 'emergency' | 'panic' | 'halted';
+export type DeadEndKind = 'unit-failed' | 'emergency' | 'panic' | 'halted' | 'cpu-stuck';
 
 /** A state a booting guest cannot get out of by itself, as its serial console told it. */
 export interface DeadEnd {
@@ -71,6 +71,8 @@ export class GuestDeadEndError extends GuestlabError {
   readonly unit: string | undefined;
   readonly evidence: string;
   readonly phase: string;
+  /** Since QEMU started. */
+  readonly elapsedMs: number;
   constructor(guest: string, deadEnd: DeadEnd, phase: string, elapsedMs: number, consoleTail: string) {
     super(`Guest ${guest} ${describe(deadEnd)} (phase: ${phase}, ${(elapsedMs / 1000).toFixed(1)}s after QEMU started), so it will never be ready. ${nextStep(deadEnd)}\n` +
       `--- ${deadEnd.unit ? `${deadEnd.unit}: status and journal` : 'serial console around it'} ---\n${deadEnd.evidence || '(nothing reported)'}\n` +
@@ -79,6 +81,7 @@ export class GuestDeadEndError extends GuestlabError {
     this.unit = deadEnd.unit;
     this.evidence = deadEnd.evidence;
     this.phase = phase;
+    this.elapsedMs = elapsedMs;
   }
 }
 
@@ -88,6 +91,7 @@ function describe(deadEnd: DeadEnd): string {
     case 'emergency': return 'dropped into emergency mode during boot';
     case 'panic': return 'hit a kernel panic during boot';
     case 'halted': return 'halted during boot';
+    case 'cpu-stuck': return 'has a CPU stuck in its kernel during boot (a soft lockup that did not end)';
   }
 }
 
@@ -96,6 +100,9 @@ function nextStep(deadEnd: DeadEnd): string {
     return deadEnd.unit === 'ssh.service' || deadEnd.unit === 'sshd.service'
       ? 'Check what the spec writes into the guest (cloudConfig write_files, bootcmd) for sshd_config or ssh.service changes; the status below says what sshd refused.'
       : 'The status below says why; check what the spec changes in that unit or its configuration.';
+  }
+  if (deadEnd.kind === 'cpu-stuck') {
+    return 'Under TCG this is a hang of the emulated CPU that a new boot does not repeat, and guestlab boots once more by itself: this error means the new boot hung too. Under KVM, the console lines below show the kernel stack it is stuck in.';
   }
   return 'The console lines below show what the guest did; check the image and what the spec changes in its boot (cloudConfig bootcmd, write_files under /etc).';
 }

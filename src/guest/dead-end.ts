@@ -7,7 +7,8 @@
 // - guestlab's images report a unit that failed for good: guestlab-dead-end@UNIT.service runs
 //   from the unit's OnFailure= and, when the unit is really `failed` (not waiting to be restarted),
 //   writes its status and journal between the REPORT_START and REPORT_END lines below;
-// - lines that any Linux guest prints on its way to a dead end (panic, emergency mode, halt).
+// - lines that any Linux guest prints on its way to a dead end (panic, emergency mode, halt, a CPU
+//   stuck in the kernel for good).
 import fs from 'node:fs/promises';
 import type { DeadEnd, DeadEndKind } from '../errors.ts';
 
@@ -18,10 +19,15 @@ export const REPORT_START = 'guestlab-dead-end: failed: ';
 export const REPORT_LINE = 'guestlab-dead-end| ';
 export const REPORT_END = 'guestlab-dead-end: end';
 
-const CONSOLE_SIGNS: { kind: Exclude<DeadEndKind, 'unit-failed'>; pattern: RegExp }[] = [
+/** A console line that means a dead end; with `atLeast`, only when its first number is that large. */
+const CONSOLE_SIGNS: { kind: Exclude<DeadEndKind, 'unit-failed'>; pattern: RegExp; atLeast?: number }[] = [
   { kind: 'panic', pattern: /Kernel panic - not syncing/ },
   { kind: 'emergency', pattern: /You are in (?:emergency|rescue) mode|Cannot open access to console, the root account is locked|Gave up waiting for root (?:file system )?device/ },
   { kind: 'halted', pattern: /reboot: System halted/ },
+  // The kernel's watchdog repeats this every ~28 s while a CPU stays stuck. A vCPU thread starved by
+  // a busy host can show a short one that then ends; one past STUCK_SECONDS does not end. Seen under
+  // TCG (QEMU 7.2, 2 vCPUs): a CPU spinning on a static branch that the other CPU was patching.
+  { kind: 'cpu-stuck', pattern: /watchdog: BUG: soft lockup - CPU#\d+ stuck for (\d+)s!/, atLeast: 60 },
 ];
 
 const CONTEXT_LINES = 15;
@@ -50,8 +56,9 @@ export function findDeadEnd(consoleText: string, options: { complete?: boolean }
       if (!ended && !options.complete) return undefined;
       return { kind: 'unit-failed', unit, evidence: body.join('\n') };
     }
-    for (const { kind, pattern } of CONSOLE_SIGNS) {
-      if (pattern.test(line)) return { kind, evidence: lines.slice(Math.max(0, i - CONTEXT_LINES), i + CONTEXT_LINES).join('\n').trim() };
+    for (const { kind, pattern, atLeast } of CONSOLE_SIGNS) {
+      const match = pattern.exec(line);
+      if (match && (atLeast === undefined || Number(match[1]) >= atLeast)) return { kind, evidence: lines.slice(Math.max(0, i - CONTEXT_LINES), i + CONTEXT_LINES).join('\n').trim() };
     }
   }
   return undefined;

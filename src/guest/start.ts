@@ -4,8 +4,8 @@ import { validateEnvironment } from '../env.ts';
 import { log as rootLog } from '../log.ts';
 import { resolveMounts } from '../mounts/mount-spec.ts';
 import { FRESH_BOOT } from './launch/boot.ts';
-import { launch } from './launch/launch.ts';
-import { newLaunchState } from './launch/steps.ts';
+import { guestOf } from './launch/launch.ts';
+import { newLaunchState, runBoot } from './launch/steps.ts';
 import { loadFixture, resolveSpec, type GuestSpec, type ResolvedSpec } from './spec.ts';
 import type { StartedGuest } from './started-guest.ts';
 
@@ -16,8 +16,8 @@ export interface StartOptions {
 /** Boot a guest and return it once SSH works and cloud-init is done. A string names fixtures/NAME.yaml. */
 export async function startGuest(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<StartedGuest> {
   const spec = await specFrom(specOrFixture);
-  const state = newLaunchState(spec, rootLog.child(spec.name), options.signal);
-  const guest = await launch(state, FRESH_BOOT);
+  const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), FRESH_BOOT);
+  const guest = guestOf(state);
   // Now that it answers: every member of its networks (itself included) lists every other by name.
   for (const network of state.resources.networks ?? []) await network.joined(guest);
   return guest;

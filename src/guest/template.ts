@@ -13,7 +13,7 @@ import { quoteArg } from '../util/shell-quote.ts';
 import { FRESH_BOOT, qemuStep } from './launch/boot.ts';
 import { cloneSteps, RESUME_PERL, RESUME_WAITER, type TemplateBase } from './launch/clone.ts';
 import { launch, timingsOf } from './launch/launch.ts';
-import { need, newLaunchState, runSteps, type LaunchState, type LaunchStep } from './launch/steps.ts';
+import { need, newLaunchState, runBoot, runSteps, type LaunchState, type LaunchStep } from './launch/steps.ts';
 import { registerLive, unregisterLive } from './registry.ts';
 import { releaseResources } from './resources.ts';
 import type { GuestSpec, ResolvedSpec } from './spec.ts';
@@ -115,8 +115,7 @@ export class GuestTemplate implements AsyncDisposable {
           'come up with the same addresses. Boot such guests fresh (guestFixture option clone: false, or startGuest()).',
       );
     }
-    const state = newLaunchState(spec, rootLog.child(spec.name), options.signal);
-    await runSteps(state, TEMPLATE_BOOT);
+    const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), TEMPLATE_BOOT);
     const boot = timingsOf(state);
     const instance = need(state.instance, 'instance');
     const statePath = instance.file('state');

@@ -90,7 +90,7 @@ describe('files', () => {
     expect((await fs.stat(path.join(back, 'sub', 'run.sh'))).mode & 0o777).toBe(0o755);
   });
 
-  test('files are written with the login user's permissions unless sudo, on the agent and over SSH alike', async ({ vm }) => {
+  test('files are written with the login user permissions unless sudo, on the agent and over SSH alike', async ({ vm }) => {
     for (const via of ['agent', 'ssh'] as const) {
       await expect(vm.writeFile(`/root/${via}`, 'x', { via })).rejects.toThrow(/Permission denied/);
       await expect(vm.readFile('/etc/shadow', { via })).rejects.toThrow(/Permission denied/);

@@ -44,11 +44,16 @@ describe('findDeadEnd', () => {
     ['emergency', 'Cannot open access to console, the root account is locked.'],
     ['emergency', 'Gave up waiting for root file system device.  Common problems:'],
     ['halted', '[   52.0] reboot: System halted'],
+    ['cpu-stuck', '[   92.470215] watchdog: BUG: soft lockup - CPU#1 stuck for 75s! [modprobe:176]'],
   ])('tells a %s from the console line %j, with the lines around it', (kind, line) => {
     const found = findDeadEnd(`[  OK  ] Reached target basic.target.\n${line}\nmore\n`);
     expect(found?.kind).toBe(kind);
     expect(found?.evidence).toContain(line);
     expect(found?.evidence).toContain('Reached target basic.target');
+  });
+
+  test('a soft lockup shorter than a minute is no dead end: a vCPU thread starved by a busy host shows one and goes on', () => {
+    expect(findDeadEnd('[   36.5] rcu: INFO: rcu_preempt self-detected stall on CPU\n[   64.4] watchdog: BUG: soft lockup - CPU#1 stuck for 49s! [modprobe:176]\n')).toBeUndefined();
   });
 
   test('a normal boot is no dead end, nor a unit that systemd restarts', () => {

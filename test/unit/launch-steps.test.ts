@@ -5,11 +5,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { AbortedError, GuestlabError, QemuError } from '../../src/errors.ts';
+import { AbortedError, GuestDeadEndError, GuestlabError, QemuError } from '../../src/errors.ts';
 import { createInstanceDir } from '../../src/guest/instance.ts';
 import { FRESH_BOOT } from '../../src/guest/launch/boot.ts';
 import { cloneSteps } from '../../src/guest/launch/clone.ts';
-import { newLaunchState, runSteps, type FailedStep, type LaunchStep } from '../../src/guest/launch/steps.ts';
+import { newLaunchState, runBoot, runSteps, type FailedStep, type LaunchState, type LaunchStep } from '../../src/guest/launch/steps.ts';
 import { resolveSpec } from '../../src/guest/spec.ts';
 import { createLogger } from '../../src/log.ts';
 import type { QemuProcess } from '../../src/qemu/process.ts';
@@ -86,6 +86,42 @@ describe('runSteps', () => {
     controller.abort(new Error('test ended'));
     const aborted = newLaunchState(resolveSpec({ image: 'debian-12', name: 'db' }), log, controller.signal);
     await expect(runSteps(aborted, [step('image', async () => undefined)])).rejects.toBeInstanceOf(AbortedError);
+  });
+});
+
+describe('runBoot', () => {
+  const stuck = (elapsedMs: number) => new GuestDeadEndError('web', { kind: 'cpu-stuck', evidence: 'watchdog: BUG: soft lockup - CPU#1 stuck for 75s! [modprobe:176]' }, 'ssh-banner', elapsedMs, '');
+  const boots = (accel: 'tcg' | 'kvm', failures: Error[]) => {
+    const states: LaunchState[] = [];
+    const steps = [step('accel', async (s) => void (s.accel = accel)), step('ssh-banner', async () => {
+      const failure = failures.shift();
+      if (failure) throw failure;
+    })];
+    const run = runBoot(() => {
+      const state = newLaunchState(resolveSpec({ image: 'debian-12', name: 'web' }), log, undefined);
+      states.push(state);
+      return state;
+    }, steps);
+    return { run, states };
+  };
+
+  test('under TCG, a boot whose CPU hung in the kernel boots once more, and the new state is the one returned', async () => {
+    const { run, states } = boots('tcg', [stuck(92_000)]);
+    const state = await run;
+    expect(states).toHaveLength(2);
+    expect(state).toBe(states[1]);
+  });
+
+  test('a second hang, a hang under KVM and any other failure are not retried', async () => {
+    const twice = boots('tcg', [stuck(92_000), stuck(95_000)]);
+    await expect(twice.run).rejects.toThrow(/has a CPU stuck in its kernel during boot .*this error means the new boot hung too/s);
+    expect(twice.states).toHaveLength(2);
+    const kvm = boots('kvm', [stuck(92_000)]);
+    await expect(kvm.run).rejects.toBeInstanceOf(GuestDeadEndError);
+    expect(kvm.states).toHaveLength(1);
+    const other = boots('tcg', [new GuestDeadEndError('web', { kind: 'panic', evidence: 'Kernel panic' }, 'ssh-banner', 3000, '')]);
+    await expect(other.run).rejects.toThrow(/kernel panic/);
+    expect(other.states).toHaveLength(1);
   });
 });
 

@@ -26,7 +26,7 @@ export function timingsOf(state: LaunchState): BootTimings {
 }
 
 /** The StartedGuest for a launch whose steps are done. */
-function guestOf(state: LaunchState): StartedGuest {
+export function guestOf(state: LaunchState): StartedGuest {
   const { spec, resources } = state;
   const instance = need(state.instance, 'instance');
   const keys = need(state.keys, 'keys');

@@ -1,7 +1,7 @@
 // A guest comes up as a list of named steps. Each step has a description and a debug hint that a
 // failure message shows, records what it creates in the launch's resources before it can leak, and
 // is timed. A failed launch gives back whatever the steps made (resources.ts).
-import { AbortedError, GuestlabError, SshError } from '../../errors.ts';
+import { AbortedError, GuestDeadEndError, GuestlabError, SshError } from '../../errors.ts';
 import type { OvmfFiles } from '../../host/firmware.ts';
 import type { BuiltImage } from '../../images/builder.ts';
 import type { Logger } from '../../log.ts';
@@ -121,6 +121,25 @@ function annotate(error: unknown, step: LaunchStep, spec: ResolvedSpec): Error {
 }
 
 /** Runs the steps in order; on failure, releases everything they made and throws the annotated error. */
+/**
+ * Runs a boot's steps on a new state from `makeState`. Under TCG, a boot whose guest reached the
+ * dead end 'cpu-stuck' (an emulator hang that a new boot does not repeat; everything the first boot
+ * made is released by then) runs once more from the start. Returns the state that booted.
+ */
+export async function runBoot(makeState: () => LaunchState, steps: readonly LaunchStep[]): Promise<LaunchState> {
+  const first = makeState();
+  try {
+    await runSteps(first, steps);
+    return first;
+  } catch (error) {
+    if (!(error instanceof GuestDeadEndError && error.kind === 'cpu-stuck' && first.accel === 'tcg') || first.signal?.aborted) throw error;
+    first.log.warn(`guest ${first.spec.name}: a CPU hung in its kernel (phase ${error.phase}, ${(error.elapsedMs / 1000).toFixed(0)} s after QEMU started), a TCG hang; booting it once more`);
+    const second = makeState();
+    await runSteps(second, steps);
+    return second;
+  }
+}
+
 export async function runSteps(state: LaunchState, steps: readonly LaunchStep[]): Promise<void> {
   for (const step of steps) {
     const started = performance.now();
