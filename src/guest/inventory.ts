@@ -55,7 +55,11 @@ elif command -v rpm >/dev/null; then rpm -qa --qf '%{NAME}\\t%{VERSION}-%{RELEAS
 elif command -v apk >/dev/null; then apk info -v 2>/dev/null | sed -E 's/^(.+)-([^-]+-r[0-9]+)$/\\1\\t\\2/'
 fi
 echo '@units'
-if command -v systemctl >/dev/null; then systemctl list-unit-files --state=enabled --no-legend --plain 2>/dev/null | awk '{print $1}'; fi
+if command -v systemctl >/dev/null; then
+  # A failure here is the inventory's failure: an empty list would read as every unit disabled.
+  units=$(systemctl list-unit-files --state=enabled --no-legend --plain) || { echo "guestlab inventory: systemctl list-unit-files failed (exit $?)" >&2; exit 3; }
+  printf '%s\n' "$units" | awk 'NF {print $1}'
+fi
 `;
 
 /** Takes the inventory of the guest's configuration, packages and enabled units. */
