@@ -14,6 +14,7 @@ import { run } from '../util/run.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import { cachedOrMade, imageDirName, type EnsureImageOptions } from './cache.ts';
 import { buildAgent } from '../agent/build.ts';
+import { writeInitramfs } from './initramfs.ts';
 import { AGENT_FILE, customizeScript, FSTAB } from './customize.ts';
 import { digestFiles, ensureVerified } from './digest.ts';
 import { assembleFirmwareDisk } from './firmware-disk.ts';
@@ -97,17 +98,24 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
     await fs.rm(tarball);
     const raw = path.join(work, 'disk.raw');
     await run(mkfs, ['-q', '-t', 'ext4', '-L', 'root', '-d', rootfs, raw, `${recipe.diskSizeGiB}G`], { signal });
-    await fs.rm(rootfs, { recursive: true, force: true });
-
-    step(3, 'extracting kernel and initrd');
     const bootFiles = await fs.readdir(bootDir);
     const kernelFile = bootFiles.filter((f) => f.startsWith('vmlinuz-')).sort().at(-1);
     const initrdFile = bootFiles.filter((f) => f.startsWith('initrd.img-')).sort().at(-1);
     if (!kernelFile || !initrdFile) {
       throw new ImageBuildError(`The image has no kernel or initrd in /boot (found: ${bootFiles.join(', ') || 'nothing'}); does the recipe's \`kernel\` package "${recipe.kernel}" install one?`);
     }
+    // A kernel booted directly gets guestlab's initramfs, made from this tree's modules; one that
+    // boots through firmware keeps Debian's (its bootloader may face other disks).
+    const ownInitrd = path.join(work, 'guestlab-initrd.img');
+    if (!firmware) {
+      const modules = await writeInitramfs({ rootfs, kernelVersion: kernelFile.replace(/^vmlinuz-/, ''), output: ownInitrd, initDir: guestlabPaths().agentDir });
+      log.debug(`initramfs: guestlab-init and ${modules.join(', ') || 'no modules (all built in)'}`);
+    }
+    await fs.rm(rootfs, { recursive: true, force: true });
+
+    step(3, 'extracting kernel and initrd');
     await fs.rename(path.join(bootDir, kernelFile), path.join(work, IMAGE_FILES.kernel));
-    await fs.rename(path.join(bootDir, initrdFile), path.join(work, IMAGE_FILES.initrd));
+    await fs.rename(firmware ? path.join(bootDir, initrdFile) : ownInitrd, path.join(work, IMAGE_FILES.initrd));
     await fs.rm(bootDir, { recursive: true, force: true });
     await fs.rm(filesDir, { recursive: true, force: true });
     await fs.rm(hook);

@@ -7,6 +7,7 @@ import { guestlabPaths } from '../config.ts';
 import { isPlainObject } from '../util/validate.ts';
 import { loadYamlFile, type YamlFile } from '../util/yaml-file.ts';
 import { agentSourceDigestSync } from '../agent/build.ts';
+import { initSourceDigestSync } from './initramfs.ts';
 
 /** Bump when the builder changes what it produces, so cached images are rebuilt. */
 export const BUILDER_VERSION = 1;
@@ -228,6 +229,8 @@ export function recipeHash(recipe: ImageRecipe): string {
     ...(features.length ? { features } : {}),
     // The agent is compiled into the image: its source is part of what the image is.
     ...(features.includes('agent') ? { agentSource: agentSourceDigestSync() } : {}),
+    // So is the initramfs of a kernel booted directly (src/images/initramfs.ts).
+    ...(boot === 'firmware' ? {} : { initSource: initSourceDigestSync() }),
   };
   return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...digested })).digest('hex');
 }
