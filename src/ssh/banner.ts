@@ -2,7 +2,6 @@
 // long before sshd listens, so an open port means nothing; the "SSH-2.0-" banner does. The socket
 // that saw the banner is handed on (banner pushed back), so no handshake is wasted on polling.
 import net from 'node:net';
-import { retryUntil } from '../util/retry.ts';
 
 export interface BannerOptions {
   host: string;
@@ -23,9 +22,15 @@ export interface BannerResult {
   attempts: number;
 }
 
-function attempt(host: string, port: number, attemptMs: number): Promise<{ socket: net.Socket; banner: string } | undefined> {
+/** Attempts waiting for a banner at once, at most. */
+const MAX_OPEN = 8;
+
+/** One connection that waits attemptMs for the banner; `sockets` holds it while it is open. */
+function attempt(host: string, port: number, attemptMs: number, sockets: Set<net.Socket>): Promise<{ socket: net.Socket; banner: string } | undefined> {
   return new Promise((resolve) => {
     const socket = net.connect({ host, port, noDelay: true });
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     const chunks: Buffer[] = [];
     let done = false;
     const finish = (result: { socket: net.Socket; banner: string } | undefined) => {
@@ -56,31 +61,44 @@ function attempt(host: string, port: number, attemptMs: number): Promise<{ socke
   });
 }
 
-/** Why the wait ended before the deadline (shouldStop's reason, or "aborted"). */
-class Stopped extends Error {}
-
-/** Resolves with a connected socket positioned before the banner, or undefined at the deadline. */
+/**
+ * Resolves with a connected socket positioned before the banner, or undefined at the deadline.
+ *
+ * Attempts overlap: a new one starts every retryDelayMs while older ones still wait (up to
+ * MAX_OPEN at once), and the first banner wins. A connection made while the guest's network is
+ * still down sits in slirp, which resends its SYN to the guest with TCP's backoff (1 s, then 2 s,
+ * ...): waiting that one out cost up to 5 s of a boot here, while a fresh connection reaches sshd
+ * as soon as it listens.
+ */
 export async function waitForSshBanner(options: BannerOptions): Promise<BannerResult | { stopped: string } | undefined> {
+  const attemptMs = options.attemptMs ?? 5000;
+  const every = options.retryDelayMs ?? 250;
+  const open = new Set<Promise<{ socket: net.Socket; banner: string } | undefined>>();
+  const sockets = new Set<net.Socket>();
   let attempts = 0;
+  let won: { socket: net.Socket; banner: string } | undefined;
+  const stopped = () => options.shouldStop?.() ?? (options.signal?.aborted ? 'aborted' : undefined);
   try {
-    const result = await retryUntil(async () => {
-      attempts++;
+    while (!won) {
+      const reason = stopped();
+      if (reason !== undefined) return { stopped: reason };
       const remaining = options.deadline - Date.now();
-      const seen = await attempt(options.host, options.port, Math.max(100, Math.min(options.attemptMs ?? 5000, remaining)));
-      if (!seen) throw new Error('no SSH banner yet');
-      return seen;
-    }, {
-      deadline: options.deadline,
-      minDelayMs: options.retryDelayMs ?? 250,
-      maxDelayMs: options.retryDelayMs ?? 250,
-      stopWhen: () => {
-        const reason = options.shouldStop?.() ?? (options.signal?.aborted ? 'aborted' : undefined);
-        return reason === undefined ? undefined : new Stopped(reason);
-      },
-    });
-    return { ...result, attempts };
-  } catch (error) {
-    if (error instanceof Stopped) return { stopped: error.message };
-    return undefined;
+      if (remaining <= 0 && open.size === 0) return undefined;
+      if (remaining > 0 && open.size < MAX_OPEN) {
+        attempts++;
+        const pending = attempt(options.host, options.port, Math.max(100, Math.min(attemptMs, remaining)), sockets);
+        open.add(pending);
+        void pending.then((seen) => {
+          open.delete(pending);
+          if (seen && !won) won = seen;
+          else if (seen) seen.socket.destroy();
+        });
+      }
+      // Until the next attempt is due, or until an open one ends (it may have seen the banner).
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, every)), ...open]);
+    }
+    return { ...won, attempts };
+  } finally {
+    for (const socket of sockets) if (socket !== won?.socket) socket.destroy();
   }
 }
