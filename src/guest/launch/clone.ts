@@ -15,7 +15,7 @@ import type { InstanceDir } from '../instance.ts';
 import type { GuestMount } from '../mounts.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
-import { agentStep } from './agent.ts';
+import { agentConnectStep, agentStep } from './agent.ts';
 import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
 /**
@@ -146,7 +146,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
-  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup];
+  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup];
 }
 
 /**

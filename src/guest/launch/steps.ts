@@ -2,6 +2,7 @@
 // failure message shows, records what it creates in the launch's resources before it can leak, and
 // is timed. A failed launch gives back whatever the steps made (resources.ts).
 import { AbortedError, GuestDeadEndError, GuestlabError, SshError } from '../../errors.ts';
+import type { AgentClient } from '../../agent/client.ts';
 import type { OvmfFiles } from '../../host/firmware.ts';
 import type { BuiltImage } from '../../images/builder.ts';
 import type { Logger } from '../../log.ts';
@@ -68,6 +69,8 @@ export interface LaunchState {
   sshPort?: number;
   /** The socket that saw sshd's banner, positioned before it: the first authentication attempt uses it. */
   bannerSocket?: BannerResult['socket'] | undefined;
+  /** A clone's agent connection, made before its saved state runs (agentConnectStep); the agent step finishes it. */
+  agentConnecting?: Promise<AgentClient> | undefined;
   timings: Partial<BootTimings>;
   /** Whether cloud-init runs on this boot (decided by the seed step; a clone: as its template). */
   cloudInit?: 'ran' | 'skipped';
