@@ -23,7 +23,8 @@ const RULES: DependencyRules = {
     ssh: ['errors', 'exec-result', 'util'],
     agent: ['errors', 'host', 'util'],
     mounts: ['errors', 'host', 'util'],
-    'cloud-init': ['errors', 'host', 'qemu', 'util'],
+    // cloud-init/ installs the guest agent on images without one: its path and unit (agent/unit.ts).
+    'cloud-init': ['agent', 'errors', 'host', 'qemu', 'util'],
     images: ['agent', 'config', 'disk', 'env', 'errors', 'host', 'log', 'util'],
     budget: ['env', 'errors', 'host', 'log', 'util'],
     network: ['errors', 'util'],
@@ -37,7 +38,8 @@ const RULES: DependencyRules = {
   packages: {
     util: ['execa', 'p-retry', 'yaml', 'node:net'],
     host: ['execa'],
-    'cloud-init': ['yaml'],
+    // The agent binary goes into the user-data gzipped (write_files' gz+b64).
+    'cloud-init': ['yaml', 'node:zlib'],
     ssh: ['ssh2', 'node:net'],
     agent: ['node:net'],
     qemu: ['node:child_process', 'node:net'],
