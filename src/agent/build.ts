@@ -1,7 +1,7 @@
 // Compiles the guest agent (images/agent/guestlab-agent.c) into a static binary named by the
 // digest of its source and flags (util/static-c.ts). Static: one binary runs on Debian 11, 12 and 13 guests.
 import path from 'node:path';
-import { buildStatic, sourceDigest, sourceDigestSync, type StaticProgram } from '../util/static-c.ts';
+import { buildStatic, sourceDigest, sourceDigestSync, type StaticProgram } from '../host/static-c.ts';
 
 /** The agent's C source: images/ sits next to src/ and dist/ in the package. */
 export const AGENT_SOURCE = path.resolve(import.meta.dirname, '../../images/agent/guestlab-agent.c');

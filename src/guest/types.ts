@@ -25,10 +25,10 @@ export interface ExecOptions {
    */
   ownChannel?: boolean;
   /**
-   * The channel to run on. Default: the guest agent when the image has one and it answers (no
-   * network, no sshd, no login session needed), SSH otherwise. `ssh`: always over SSH, for a
-   * command that needs what a login brings (a PAM session, a systemd user instance). `agent`: fail
-   * instead of falling back to SSH.
+   * The channel to run on. Default: the guest agent when the guest has one (its image's, or on a
+   * downloaded image the one cloud-init installed) and it answers (no network, no sshd, no login
+   * session needed), SSH otherwise. `ssh`: always over SSH, for a command that needs what a login
+   * brings (a PAM session, a systemd user instance). `agent`: fail instead of falling back to SSH.
    */
   via?: 'agent' | 'ssh';
 }

@@ -108,7 +108,7 @@ async function buildInto(recipe: ImageRecipe, finalDir: string, log: Logger, sig
     // boots through firmware keeps Debian's (its bootloader may face other disks).
     const ownInitrd = path.join(work, 'guestlab-initrd.img');
     if (!firmware) {
-      const modules = await writeInitramfs({ rootfs, kernelVersion: kernelFile.replace(/^vmlinuz-/, ''), output: ownInitrd, initDir: guestlabPaths().agentDir });
+      const modules = await writeInitramfs({ rootfs, kernelVersion: kernelFile.replace(/^vmlinuz-/, ''), output: ownInitrd, initDir: guestlabPaths().agentDir, scratch: work });
       log.debug(`initramfs: guestlab-init and ${modules.join(', ') || 'no modules (all built in)'}`);
     }
     await fs.rm(rootfs, { recursive: true, force: true });

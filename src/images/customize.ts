@@ -1,13 +1,12 @@
 // What mmdebstrap's customize hook does to a recipe's root filesystem: the recipe's files and
 // commands, per-guest identity removed, and the offline apt repository. Pure: the script as text.
 import path from 'node:path';
+import { AGENT_PATH } from '../agent/unit.ts';
 import { quoteArg } from '../util/shell-quote.ts';
 import type { ImageRecipe } from './recipe.ts';
 
 export const FSTAB = 'LABEL=root / ext4 rw,discard,errors=remount-ro 0 1\n';
 
-/** Where an image with the `agent` feature has the guest agent (its unit is one of the recipe's files). */
-export const AGENT_PATH = '/usr/local/lib/guestlab/guestlab-agent';
 /** The agent binary's name in the build's files directory. */
 export const AGENT_FILE = 'guestlab-agent';
 

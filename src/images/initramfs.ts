@@ -2,12 +2,11 @@
 // (images/initramfs/guestlab-init.c) and the few modules the root file system needs, in place of
 // Debian's initramfs-tools image, whose udev coldplug and settle cost about 5 s of a TCG boot
 // (measured here: systemd started 9.3 s into the boot with Debian's, 3.9 s with this one).
-import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { ImageBuildError } from '../errors.ts';
-import { buildStatic, sourceDigestSync, type StaticProgram } from '../util/static-c.ts';
+import { buildStatic, sourceDigestSync, type StaticProgram } from '../host/static-c.ts';
+import { run } from '../util/run.ts';
 
 export const INIT_SOURCE = path.resolve(import.meta.dirname, '../../images/initramfs/guestlab-init.c');
 const INIT: StaticProgram = { name: 'guestlab-init', what: 'the initramfs init', source: INIT_SOURCE, cflags: ['-static', '-Os', '-Wall', '-Wextra', '-Werror'] };
@@ -83,20 +82,25 @@ export function cpioNewc(entries: readonly CpioEntry[]): Buffer {
   return Buffer.concat(parts);
 }
 
-/** A module file's bytes, uncompressed: the init loads them with finit_module and no flags. */
-async function moduleBytes(file: string): Promise<Buffer> {
-  if (file.endsWith('.gz')) return gunzipSync(await fs.readFile(file));
-  const tool = file.endsWith('.xz') ? 'xz' : file.endsWith('.zst') ? 'zstd' : undefined;
+/** Decompressors by suffix: Debian 12 ships its modules uncompressed, Debian 13 as .ko.xz. */
+const DECOMPRESS: Record<string, string[]> = { '.xz': ['xz', '-d'], '.zst': ['zstd', '-d', '-q', '--rm'], '.gz': ['gzip', '-d'] };
+
+/** A module file's bytes, uncompressed (a copy in `scratch` is decompressed): the init loads them with finit_module and no flags. */
+async function moduleBytes(file: string, scratch: string): Promise<Buffer> {
+  const suffix = path.extname(file);
+  const tool = DECOMPRESS[suffix];
   if (!tool) return fs.readFile(file);
-  return new Promise((resolve, reject) => {
-    const child = spawn(tool, ['-dc', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    let err = '';
-    child.stdout.on('data', (chunk: Buffer) => out.push(chunk));
-    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-    child.once('error', (error) => reject(new ImageBuildError(`Decompressing ${file} needs ${tool} on the host: ${error.message}`)));
-    child.once('close', (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new ImageBuildError(`${tool} -dc ${file} failed: ${err.trim() || `exit ${code}`}`))));
-  });
+  const copy = path.join(scratch, path.basename(file));
+  await fs.copyFile(file, copy);
+  try {
+    await run(tool[0]!, [...tool.slice(1), '--', copy]);
+  } catch (error) {
+    throw new ImageBuildError(`Decompressing the module ${file} needs ${tool[0]} on the host: ${(error as Error).message}`, { cause: error });
+  }
+  const plain = copy.slice(0, -suffix.length);
+  const bytes = await fs.readFile(plain);
+  await fs.rm(plain, { force: true });
+  return bytes;
 }
 
 /**
@@ -104,7 +108,7 @@ async function moduleBytes(file: string): Promise<Buffer> {
  * `output`: /init, /dev/console, the mount points, and the modules ROOT_MODULES needs (listed in
  * /modules in load order). Returns the module names it holds.
  */
-export async function writeInitramfs(options: { rootfs: string; kernelVersion: string; output: string; initDir: string }): Promise<string[]> {
+export async function writeInitramfs(options: { rootfs: string; kernelVersion: string; output: string; initDir: string; scratch: string }): Promise<string[]> {
   const modulesDir = path.join(options.rootfs, 'lib/modules', options.kernelVersion);
   const read = (name: string) => fs.readFile(path.join(modulesDir, name), 'utf8').catch(() => '');
   const files = resolveModules(await read('modules.dep'), await read('modules.builtin'), ROOT_MODULES);
@@ -120,7 +124,7 @@ export async function writeInitramfs(options: { rootfs: string; kernelVersion: s
   const dirs = new Set<string>();
   for (const file of inArchive) for (let dir = path.posix.dirname(file); dir !== '.'; dir = path.posix.dirname(dir)) dirs.add(dir);
   for (const dir of [...dirs].sort()) entries.push({ name: dir, mode: S.S_IFDIR | 0o755 });
-  for (const [i, file] of files.entries()) entries.push({ name: inArchive[i]!, mode: S.S_IFREG | 0o644, data: await moduleBytes(path.join(modulesDir, file)) });
+  for (const [i, file] of files.entries()) entries.push({ name: inArchive[i]!, mode: S.S_IFREG | 0o644, data: await moduleBytes(path.join(modulesDir, file), options.scratch) });
   entries.push({ name: 'modules', mode: S.S_IFREG | 0o644, data: Buffer.from(inArchive.map((f) => `/${f}\n`).join('')) });
   await fs.writeFile(options.output, cpioNewc(entries));
   return files.map(moduleName);

@@ -220,7 +220,7 @@ export function parseRecipe(yaml: YamlFile, parent?: ImageRecipe): ImageRecipe {
  * recipes without them keep the digest (and the cached image) they had before the fields existed.
  * A firmware-booted image has its command line written into its bootloader: that one counts.
  */
-export function recipeHash(recipe: ImageRecipe): string {
+export function recipeContentHash(recipe: ImageRecipe): string {
   const { source: _source, parent: _parent, description: _description, cmdline, offlinePackages, boot, features, ...content } = recipe;
   const digested = {
     ...content,
@@ -229,8 +229,17 @@ export function recipeHash(recipe: ImageRecipe): string {
     ...(features.length ? { features } : {}),
     // The agent is compiled into the image: its source is part of what the image is.
     ...(features.includes('agent') ? { agentSource: agentSourceDigestSync() } : {}),
-    // So is the initramfs of a kernel booted directly (src/images/initramfs.ts).
-    ...(boot === 'firmware' ? {} : { initSource: initSourceDigestSync() }),
   };
   return createHash('sha256').update(JSON.stringify({ builder: BUILDER_VERSION, ...digested })).digest('hex');
+}
+
+/**
+ * The recipe's digest: its content (recipeContentHash) and, for a kernel booted directly, the
+ * source of guestlab's initramfs (src/images/initramfs.ts), which is part of such an image. Kept
+ * outside the content digest, so that digest stays what it was for recipes that did not change.
+ */
+export function recipeHash(recipe: ImageRecipe): string {
+  const content = recipeContentHash(recipe);
+  if (recipe.boot === 'firmware') return content;
+  return createHash('sha256').update(`${content}\0initramfs:${initSourceDigestSync()}`).digest('hex');
 }

@@ -3,6 +3,12 @@
 
 export type Accel = 'kvm' | 'tcg';
 
+/**
+ * Every guest's architecture, in process.arch's terms: guestlab runs qemu-system-x86_64 (and
+ * catalog entries name x86-64 disks). Images record none of their own.
+ */
+export const GUEST_ARCH = 'x64';
+
 export interface QemuConfig {
   name: string;
   /** Tags the process (as an SMBIOS OEM string) so that a sweep can tell guestlab's QEMUs and their owners. */

@@ -1,7 +1,8 @@
 // Firmware boot of a disk that carries its own bootloader (debian-12-firmware: GPT, an EFI system
 // partition with the kernel, syslinux and systemd-boot, then the root filesystem).
 // 1. As a download entry: the disk served by a local HTTP server, named in a user's YAML entry,
-//    pulled, verified and imported, then booted through SeaBIOS; it answers over SSH.
+//    pulled, verified and imported, then booted through SeaBIOS; it answers over SSH, and through
+//    the guest agent that cloud-init installed (a download entry has no `agent` feature).
 // 2. Under UEFI (OVMF): a template boots through systemd-boot, and a clone of it, with its own
 //    copy of the variable store, answers too.
 import { createHash } from 'node:crypto';
@@ -55,7 +56,7 @@ afterAll(async () => {
   await new Promise((resolve) => server?.close(resolve));
 });
 
-test('a downloaded disk with its own bootloader boots through SeaBIOS and answers over SSH', async () => {
+test('a downloaded disk with its own bootloader boots through SeaBIOS and answers over SSH and through the agent cloud-init installed', async () => {
   const pulled = await ensureImage('served-firmware');
   expect(pulled).toMatchObject({ source: 'download', boot: 'firmware', firmware: 'bios', kernel: undefined });
   expect(requests).toEqual(['/images/SHA256SUMS', '/images/debian-12-firmware.qcow2']);
@@ -69,6 +70,11 @@ test('a downloaded disk with its own bootloader boots through SeaBIOS and answer
     expect(await guest.succeed(['findmnt', '-n', '-o', 'SOURCE', '/'])).toBe('/dev/vda2\n');
     expect(await guest.succeed(['lsblk', '-n', '-o', 'PARTLABEL', '/dev/vda1'])).toBe('ESP\n');
     expect(await guest.succeed(['cloud-init', 'status'])).toMatch(/status: done/);
+    // cloud-init installed the agent from the seed and started it; guestlab connected once cloud-init
+    // was done. (This disk has an agent of its own already: cloud-init replaced it with the host's.)
+    expect((await guest.exec(['true'], { via: 'agent' })).exitCode).toBe(0);
+    expect(await guest.succeed(['systemctl', 'is-enabled', 'guestlab-agent.service'], { via: 'agent' })).toBe('enabled\n');
+    expect((await guest.exec(['test', '-e', '/run/guestlab/guestlab-agent'])).exitCode).toBe(1);
   } finally {
     await guest.stop();
   }

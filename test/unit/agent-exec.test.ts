@@ -10,6 +10,7 @@ import { finished } from 'node:stream/promises';
 import { dir } from 'tmp-promise';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { AgentClient } from '../../src/agent/client.ts';
+import { PROTOCOL_VERSION } from '../../src/agent/protocol.ts';
 import { compileAgent, type SpawnedAgent, startAgent } from './agent-harness.ts';
 
 const sha256 = (data: Uint8Array) => createHash('sha256').update(data).digest('hex');
@@ -137,7 +138,7 @@ describe('the agent runs commands', () => {
 
   test('ping answers; HELLO told the agent\'s pid and the boot id', async () => {
     expect(await client.ping()).toBeGreaterThan(0);
-    expect(client.hello).toEqual({ version: 1, pid: agent.child.pid, bootId: (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim() });
+    expect(client.hello).toEqual({ version: PROTOCOL_VERSION, pid: agent.child.pid, bootId: (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim() });
   });
 
   test('logs carry neither argv nor env', () => {

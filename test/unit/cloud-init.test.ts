@@ -1,6 +1,10 @@
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
 import { describe, expect, test } from 'vitest';
 import { parse } from 'yaml';
-import { mergeCloudConfig, renderMetaData, renderUserData, type SeedInput } from '../../src/cloud-init/user-data.ts';
+import { AGENT_PATH, AGENT_UNIT, AGENT_UNIT_PATH } from '../../src/agent/unit.ts';
+import { AGENT_STAGED_PATH, mergeCloudConfig, renderMetaData, renderUserData, type SeedInput } from '../../src/cloud-init/user-data.ts';
 import { generateEd25519 } from '../../src/ssh/keys.ts';
 
 const hostKey = generateEd25519('root@web');
@@ -92,6 +96,64 @@ describe('renderUserData', () => {
   test('long key lines are not folded', () => {
     const { text } = rendered();
     expect(text).toContain(clientKey.publicKey);
+  });
+});
+
+describe('the guest agent in the seed', () => {
+  // Every byte value, and more than one gzip block's worth.
+  const binary = randomBytes(300_000);
+  /** Parsed as cloud-init parses it (YAML 1.1). */
+  const withAgent = (cloudConfig?: Record<string, unknown>) => parse(renderUserData({ ...input, cloudConfig, agent: { binary } }), { version: '1.1' }) as Record<string, any>;
+
+  test('writes the binary (gz+b64, decoding to the same bytes) and guestlab\'s unit', () => {
+    const config = withAgent();
+    expect(config.write_files).toEqual([
+      { path: AGENT_STAGED_PATH, owner: 'root:root', permissions: '0700', encoding: 'gz+b64', content: expect.any(String) },
+      { path: AGENT_UNIT_PATH, owner: 'root:root', permissions: '0644', content: AGENT_UNIT },
+    ]);
+    // What cloud-init does with gz+b64: base64-decode, then gunzip.
+    expect(gunzipSync(Buffer.from(config.write_files[0].content, 'base64')).equals(binary)).toBe(true);
+    expect(AGENT_UNIT_PATH).toBe('/etc/systemd/system/guestlab-agent.service');
+  });
+
+  test('runcmd installs it as 0755 in its place, enables and starts it under systemd, in a script sh accepts', () => {
+    const [script] = withAgent().runcmd as string[];
+    const steps = [
+      `install -D -m 0755 ${AGENT_STAGED_PATH} ${AGENT_PATH}`,
+      // A reload (seconds under TCG) only when systemd holds an older copy of the unit.
+      '[ "$(systemctl show -p NeedDaemonReload --value guestlab-agent.service)" != yes ] || systemctl daemon-reload',
+      'systemctl --no-reload enable guestlab-agent.service',
+      'systemctl restart guestlab-agent.service',
+      `rm -f ${AGENT_STAGED_PATH}`,
+    ];
+    const at = steps.map((step) => script!.indexOf(step));
+    expect(at.every((i) => i >= 0)).toBe(true);
+    expect([...at].sort((a, b) => a - b)).toEqual(at);
+    expect(script).toMatch(/^if \[ -d \/run\/systemd\/system \]; then/);
+    expect(AGENT_PATH).toBe('/usr/local/lib/guestlab/guestlab-agent');
+    // Parsed (not run) by the host's sh: cloud-init runs runcmd entries as lines of a sh script.
+    execFileSync('sh', ['-n', '-c', script!]);
+  });
+
+  test('guestlab\'s entries come first; the spec\'s runcmd and write_files follow', () => {
+    const config = withAgent({ runcmd: [['touch', '/var/tmp/x'], 'echo hi'], write_files: [{ path: '/etc/motd', content: 'hi\n' }] });
+    expect(config.runcmd).toHaveLength(3);
+    expect(config.runcmd[0]).toContain('systemctl restart guestlab-agent.service');
+    expect(config.runcmd.slice(1)).toEqual([['touch', '/var/tmp/x'], 'echo hi']);
+    expect(config.write_files.map((f: { path: string }) => f.path)).toEqual([AGENT_STAGED_PATH, AGENT_UNIT_PATH, '/etc/motd']);
+  });
+
+  test('without the binary, nothing of the agent is in the seed', () => {
+    const { config, text } = rendered();
+    expect(config).not.toHaveProperty('write_files');
+    expect(config).not.toHaveProperty('runcmd');
+    expect(text).not.toContain('guestlab-agent');
+    expect(rendered({ runcmd: ['echo hi'] }).config.runcmd).toEqual(['echo hi']);
+  });
+
+  test('refuses a binary that is not a non-empty Buffer', () => {
+    expect(() => renderUserData({ ...input, agent: { binary: Buffer.alloc(0) } })).toThrow(/`agent\.binary`/);
+    expect(() => renderUserData({ ...input, agent: { binary: 'ELF' as unknown as Buffer } })).toThrow(/`agent\.binary`/);
   });
 });
 

@@ -23,7 +23,8 @@ const RULES: DependencyRules = {
     ssh: ['errors', 'exec-result', 'util'],
     agent: ['errors', 'host', 'util'],
     mounts: ['errors', 'host', 'util'],
-    'cloud-init': ['errors', 'host', 'qemu', 'util'],
+    // cloud-init/ installs the guest agent on images without one: its path and unit (agent/unit.ts).
+    'cloud-init': ['agent', 'errors', 'host', 'qemu', 'util'],
     images: ['agent', 'config', 'disk', 'env', 'errors', 'host', 'log', 'util'],
     budget: ['env', 'errors', 'host', 'log', 'util'],
     network: ['errors', 'util'],
@@ -37,7 +38,8 @@ const RULES: DependencyRules = {
   packages: {
     util: ['execa', 'p-retry', 'yaml', 'node:net'],
     host: ['execa'],
-    'cloud-init': ['yaml'],
+    // The agent binary goes into the user-data gzipped (write_files' gz+b64).
+    'cloud-init': ['yaml', 'node:zlib'],
     ssh: ['ssh2', 'node:net'],
     agent: ['node:net'],
     qemu: ['node:child_process', 'node:net'],
@@ -57,7 +59,12 @@ const RULES: DependencyRules = {
     isoTool: ['cloud-init'],
     mmdebstrap: ['images'],
     mkfsExt4: ['images', 'mounts'],
-    gcc: ['agent'],
+    // guestlab's own static C programs: the guest agent and the initramfs init (host/static-c.ts).
+    gcc: ['agent', 'host'],
+    // Debian 13's kernel modules come xz-compressed; the initramfs holds them uncompressed.
+    xz: ['images'],
+    zstd: ['images'],
+    gzip: ['images'],
   },
   toolsExempt: ['host'],
 };

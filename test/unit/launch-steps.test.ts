@@ -136,6 +136,6 @@ test('every step of a fresh boot and of a clone says what it does and where to l
       expect(s.hint.length).toBeGreaterThan(10);
     }
   }
-  expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'mount-images', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'cloud-init', 'mounts']);
-  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup']);
+  expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'mount-images', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'cloud-init', 'agent-installed', 'mounts']);
+  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup']);
 });

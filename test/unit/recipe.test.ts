@@ -1,9 +1,11 @@
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
 import { customizeScript, OFFLINE_APT_SOURCE, OFFLINE_REPO_SCRIPT, OFFLINE_SOURCES_FILE } from '../../src/images/builder.ts';
 import { resolveRecipe } from '../../src/images/catalog.ts';
-import { parseRecipe, recipeHash } from '../../src/images/recipe.ts';
+import { parseRecipe, recipeContentHash, recipeHash } from '../../src/images/recipe.ts';
+import { initSourceDigestSync } from '../../src/images/initramfs.ts';
 import { parseYamlText } from '../../src/util/yaml-file.ts';
 
 const recipe = (text: string) => parseRecipe(parseYamlText('/r/test.yaml', text));
@@ -51,7 +53,9 @@ describe('image recipes', () => {
   test('recipes without offlinePackages or extends keep the digest they had before those fields existed', () => {
     // Computed before the fields were added: a change here rebuilds every cached image.
     const r = parseRecipe(parseYamlText('/r/pin.yaml', 'suite: bookworm\nkernel: linux-image-cloud-amd64\npackages: [cloud-init]\nfiles:\n  - path: /etc/x\n    content: hi\ncommands: [echo hi]\n'));
-    expect(recipeHash(r)).toBe('783858ef1af05cb9dea3e7c239c4cc520e6e32ea61168dbe22d34cd8f65014c4');
+    expect(recipeContentHash(r)).toBe('783858ef1af05cb9dea3e7c239c4cc520e6e32ea61168dbe22d34cd8f65014c4');
+    // The image also holds guestlab's initramfs: its source is part of the full digest.
+    expect(recipeHash(r)).toBe(createHash('sha256').update(`${recipeContentHash(r)}\0initramfs:${initSourceDigestSync()}`).digest('hex'));
     expect(customizeScript(r, '/F')).not.toContain('offline');
   });
 

@@ -15,7 +15,7 @@ import { chooseAccel } from '../accel.ts';
 import { DEFAULT_BOOT_TIMEOUT_MS } from '../spec.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { runOnAgentOrSession } from '../commands.ts';
-import { agentStep } from './agent.ts';
+import { agentForSeed, agentStep, installedAgentStep } from './agent.ts';
 import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
@@ -103,7 +103,7 @@ export const networksStep: LaunchStep = {
 
 export const seedStep: LaunchStep = {
   name: 'seed',
-  description: 'write the guest’s setup: the cloud-init seed (NoCloud ISO: user, keys, host key, network, cloudConfig), or fw_cfg entries when cloud-init has nothing to do',
+  description: 'write the guest’s setup: the cloud-init seed (NoCloud ISO: user, keys, host key, network, the guest agent on an image without one, cloudConfig), or fw_cfg entries when cloud-init has nothing to do',
   hint: 'check the spec’s cloudConfig; the ISO tool (xorriso or genisoimage) must be installed (`guestlab doctor`)',
   async run(state) {
     const instance = need(state.instance, 'instance');
@@ -126,8 +126,10 @@ export const seedStep: LaunchStep = {
       };
       return;
     }
-    await writeSeedIso(instance.file('seed'), { ...setup, instanceId: instance.id, cloudConfig: spec.cloudConfig, privateNics: state.attachments }, state.signal);
+    const agent = await agentForSeed(state);
+    await writeSeedIso(instance.file('seed'), { ...setup, instanceId: instance.id, cloudConfig: spec.cloudConfig, privateNics: state.attachments, agent }, state.signal);
     state.cloudInit = 'ran';
+    state.agentInSeed = agent !== undefined;
     state.media = { ...state.media, seed: instance.file('seed') };
   },
 };
@@ -175,5 +177,8 @@ export { qemuStep };
 
 export const FRESH_BOOT: readonly LaunchStep[] = [
   hostStep, sweepStep, imageStep, diskSpaceStep, budgetStep, instanceStep, keysStep, diskStep, networksStep, seedStep,
-  mountImagesStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep, agentStep, cloudInitStep, mountStep,
+  mountImagesStep, qemuStep, monitorStep, sshForwardStep, sshBannerStep, sshAuthStep,
+  // An image's own agent answers once sshd does; one that cloud-init installs, once cloud-init is done.
+  agentStep, cloudInitStep, installedAgentStep,
+  mountStep,
 ];

@@ -74,6 +74,8 @@ export interface LaunchState {
   timings: Partial<BootTimings>;
   /** Whether cloud-init runs on this boot (decided by the seed step; a clone: as its template). */
   cloudInit?: 'ran' | 'skipped';
+  /** The cloud-init seed carries the guest agent for an image without one (the seed step). */
+  agentInSeed?: boolean;
   /** The template's id, for a clone. */
   clonedFrom?: string | undefined;
   /** How long each step took, by name. */

@@ -6,8 +6,8 @@ import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { HostRequirementError } from '../errors.ts';
-import { findExecutable } from '../host/probe.ts';
-import { run } from './run.ts';
+import { findExecutable } from './probe.ts';
+import { run } from '../util/run.ts';
 
 export interface StaticProgram {
   /** The binary's name (the file is `<name>-<digest>`), and how errors name it. */
