@@ -65,9 +65,10 @@ fi
 /** Takes the inventory of the guest's configuration, packages and enabled units. */
 export async function takeInventory(guest: InventoryGuest, options: InventoryOptions = {}): Promise<GuestInventory> {
   const paths = (options.paths ?? DEFAULT_INVENTORY_PATHS).map((p, i) => expectString(`paths[${i}]`, p, /^\//, 'use absolute paths'));
-  // Over SSH, as before the agent: through the agent, `systemctl list-unit-files` right after a
-  // change to units listed nothing now and then (seen in the sshd rehearsal example; not yet understood).
-  const result = await guest.exec(['sh', '-c', INVENTORY_SCRIPT, 'sh', ...paths], { sudo: true, timeoutMs: 300_000, via: 'ssh' });
+  // The empty unit lists seen once came from inventories taken while systemd was still starting the
+  // boot's units (a boot now waits for `systemctl is-system-running --wait`): the sshd rehearsal
+  // example passed 3 runs in 3 through the agent since. A systemctl that fails now fails the inventory.
+  const result = await guest.exec(['sh', '-c', INVENTORY_SCRIPT, 'sh', ...paths], { sudo: true, timeoutMs: 300_000 });
   if (result.exitCode !== 0) throw new GuestCommandError({ command: 'inventory', exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, guest: guest.name });
   return parseInventory(result.stdout, options.ignore ?? DEFAULT_INVENTORY_IGNORE);
 }
