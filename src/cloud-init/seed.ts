@@ -1,11 +1,12 @@
-// Writes the NoCloud seed: an ISO9660 volume labelled `cidata` holding user-data and meta-data.
+// Writes the NoCloud seed: an ISO9660 volume labelled `cidata` holding user-data and meta-data
+// (and network-config, and the guest agent's binary for an image without one).
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
 import { writePrivateFile } from '../util/fs.ts';
 import { run } from '../util/run.ts';
 import { USER_NIC_MAC } from '../qemu/argv.ts';
-import { renderMetaData, renderNetworkConfig, renderUserData, type SeedInput } from './user-data.ts';
+import { AGENT_SEED_FILE, renderMetaData, renderNetworkConfig, renderUserData, type SeedInput } from './user-data.ts';
 
 export async function writeSeedIso(isoPath: string, input: SeedInput, signal?: AbortSignal): Promise<void> {
   const host = await probeHost();
@@ -24,6 +25,11 @@ export async function writeSeedIso(isoPath: string, input: SeedInput, signal?: A
     if (networkConfig) {
       await writePrivateFile(path.join(staging, 'network-config'), networkConfig);
       files.push('network-config');
+    }
+    // The guest agent for an image without one, beside user-data (see AGENT_SEED_FILE).
+    if (input.agent) {
+      await writePrivateFile(path.join(staging, AGENT_SEED_FILE), input.agent.binary);
+      files.push(AGENT_SEED_FILE);
     }
     await run(tool, ['-quiet', '-output', isoPath, '-volid', 'cidata', '-joliet', '-rock', ...files.map((f) => path.join(staging, f))], { signal });
     await fs.chmod(isoPath, 0o600);

@@ -1,7 +1,6 @@
 // Pure rendering of the NoCloud seed files. The generated #cloud-config sets up one user with a
 // per-guest client key, pins a per-guest host key, installs the guest agent on an image without
 // one, and merges in the spec's cloudConfig.
-import { gzipSync } from 'node:zlib';
 import { stringify } from 'yaml';
 import { AGENT_PATH, AGENT_UNIT, AGENT_UNIT_NAME, AGENT_UNIT_PATH } from '../agent/unit.ts';
 import { isPlainObject } from '../util/validate.ts';
@@ -61,25 +60,27 @@ export function baseCloudConfig(input: SeedInput): Record<string, unknown> {
     resize_rootfs: false,
     ssh: { emit_keys_to_console: false },
     grub_dpkg: { enabled: false },
-    ...(input.agent ? agentCloudConfig(input.agent.binary) : {}),
+    ...(input.agent ? agentCloudConfig() : {}),
   };
 }
 
 /**
- * Where cloud-init's write_files puts the agent binary; AGENT_START installs it from there. Not
- * AGENT_PATH itself: write_files writes into an existing file, and a disk made from one of
- * guestlab's images already runs an agent from AGENT_PATH, which Linux refuses to open for writing
- * (ETXTBSY: cloud-init would fail). In /run, so that nothing is left of it after a reboot.
+ * The agent binary's name on the seed ISO, beside user-data (writeSeedIso puts it there; NoCloud
+ * reads only its own files). Not in user-data: cloud-init parses user-data with a pure-Python YAML
+ * parser, and half a megabyte of base64 in it cost about 12 s of a TCG boot.
  */
-export const AGENT_STAGED_PATH = '/run/guestlab/guestlab-agent';
+export const AGENT_SEED_FILE = 'guestlab-agent';
 
 /**
- * Installs and starts the agent, as root from runcmd. install(1) unlinks the old file before it
- * writes the new one, so it replaces a running agent's binary too, and `restart` (rather than
- * `enable --now`) replaces such a running agent with this one, the version this host's guestlab
- * speaks. No daemon-reload unless systemd holds an older copy of the unit (NeedDaemonReload: a disk
- * that had an agent already): a reload takes 5 to 7 s under TCG, and `enable` does one unless told
- * not to; a unit systemd has not loaded yet is read from disk when it is started.
+ * Installs and starts the agent, as root from runcmd: the seed volume (label cidata, which
+ * cloud-init has unmounted again by now) mounted read-only in a temporary directory, the binary
+ * copied from it with install(1), which unlinks the old file before it writes the new one, so it
+ * replaces a running agent's binary too (a disk made from one of guestlab's images runs one), and
+ * `restart` (rather than `enable --now`) replaces such a running agent with this one, the version
+ * this host's guestlab speaks. No daemon-reload unless systemd holds an older copy of the unit
+ * (NeedDaemonReload: a disk that had an agent already): a reload takes 5 to 7 s under TCG, and
+ * `enable` does one unless told not to; a unit systemd has not loaded yet is read from disk when it
+ * is started.
  *
  * Only under systemd, the agent's supervisor (the unit restarts it, and starts it early in later
  * boots): without it (Alpine's OpenRC) nothing is started. A failure is written to cloud-init's
@@ -88,34 +89,44 @@ export const AGENT_STAGED_PATH = '/run/guestlab/guestlab-agent';
  */
 const AGENT_START = [
   'if [ -d /run/systemd/system ]; then',
-  `  { install -D -m 0755 ${AGENT_STAGED_PATH} ${AGENT_PATH} &&`,
+  '  seed=$(mktemp -d)',
+  '  dev=$(blkid -t LABEL=cidata -o device 2>/dev/null | head -n 1)',
+  '  [ -n "$dev" ] || dev=$(blkid -t LABEL=CIDATA -o device 2>/dev/null | head -n 1)',
+  '  if [ -n "$dev" ] && mount -o ro "$dev" "$seed"; then',
+  `    install -D -m 0755 "$seed/${AGENT_SEED_FILE}" ${AGENT_PATH}; installed=$?`,
+  '    umount "$seed"',
+  '  else installed=1; fi',
+  '  rmdir "$seed"',
+  `  { [ "$installed" = 0 ] &&`,
   `    { [ "$(systemctl show -p NeedDaemonReload --value ${AGENT_UNIT_NAME})" != yes ] || systemctl daemon-reload; } &&`,
   `    systemctl --no-reload enable ${AGENT_UNIT_NAME} && systemctl restart ${AGENT_UNIT_NAME}; } ||`,
   '    echo "guestlab: the guest agent was not started; guestlab runs commands over SSH" >&2',
   'fi',
-  `rm -f ${AGENT_STAGED_PATH}`,
 ].join('\n');
 
 /**
- * The guest agent on an image that lacks it: the binary (gzip, then base64: cloud-init's `gz+b64`
- * encoding, which it decodes before writing) and guestlab's unit, then AGENT_START.
+ * The guest agent on an image that lacks it: guestlab's unit, then AGENT_START (the binary itself
+ * travels on the seed ISO as AGENT_SEED_FILE).
  *
  * Started from runcmd rather than bootcmd. bootcmd would be earlier, but it runs before write_files
- * in the same stage (so on the first boot there would be no agent yet to start) and at every boot
+ * in the same stage (so on the first boot there would be no unit yet to start) and at every boot
  * (where the enabled unit starts it anyway). runcmd runs once per instance, in cloud-init's last
  * stage, after write_files: it is done before `cloud-init status --wait` returns, and guestlab
  * connects to this agent only then (commands go over SSH until cloud-init has run). runcmd lists
  * are merged with the spec's (mergeCloudConfig), guestlab's entry first.
  */
-export function agentCloudConfig(binary: Buffer): { write_files: Record<string, unknown>[]; runcmd: string[] } {
-  if (!Buffer.isBuffer(binary) || binary.length === 0) throw new TypeError('Expected `agent.binary` to be the guest agent\'s binary, a non-empty Buffer');
+export function agentCloudConfig(): { write_files: Record<string, unknown>[]; runcmd: string[] } {
   return {
-    write_files: [
-      { path: AGENT_STAGED_PATH, owner: 'root:root', permissions: '0700', encoding: 'gz+b64', content: gzipSync(binary, { level: 9 }).toString('base64') },
-      { path: AGENT_UNIT_PATH, owner: 'root:root', permissions: '0644', content: AGENT_UNIT },
-    ],
+    write_files: [{ path: AGENT_UNIT_PATH, owner: 'root:root', permissions: '0644', content: AGENT_UNIT }],
     runcmd: [AGENT_START],
   };
+}
+
+/** Checks the agent binary a seed carries. */
+export function checkAgentBinary(agent: SeedInput['agent']): void {
+  if (agent !== undefined && (!Buffer.isBuffer(agent.binary) || agent.binary.length === 0)) {
+    throw new TypeError('Expected `agent.binary` to be the guest agent\'s binary, a non-empty Buffer');
+  }
 }
 
 /**
@@ -200,6 +211,7 @@ export function renderUserData(input: SeedInput): string {
     throw new TypeError('Expected `cloudConfig` to be a plain object of cloud-config keys (packages, write_files, runcmd, ...)');
   }
   if (input.cloudConfig) checkCloudConfig(input.cloudConfig, input.user);
+  checkAgentBinary(input.agent);
   const config = mergeCloudConfig(baseCloudConfig(input), input.cloudConfig ?? {});
   return '#cloud-config\n' + stringify(config, { ...YAML_11, aliasDuplicateObjects: false });
 }

@@ -1,10 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { gunzipSync } from 'node:zlib';
 import { describe, expect, test } from 'vitest';
 import { parse } from 'yaml';
 import { AGENT_PATH, AGENT_UNIT, AGENT_UNIT_PATH } from '../../src/agent/unit.ts';
-import { AGENT_STAGED_PATH, mergeCloudConfig, renderMetaData, renderUserData, type SeedInput } from '../../src/cloud-init/user-data.ts';
+import { AGENT_SEED_FILE, mergeCloudConfig, renderMetaData, renderUserData, type SeedInput } from '../../src/cloud-init/user-data.ts';
 import { generateEd25519 } from '../../src/ssh/keys.ts';
 
 const hostKey = generateEd25519('root@web');
@@ -105,26 +104,25 @@ describe('the guest agent in the seed', () => {
   /** Parsed as cloud-init parses it (YAML 1.1). */
   const withAgent = (cloudConfig?: Record<string, unknown>) => parse(renderUserData({ ...input, cloudConfig, agent: { binary } }), { version: '1.1' }) as Record<string, any>;
 
-  test('writes the binary (gz+b64, decoding to the same bytes) and guestlab\'s unit', () => {
+  test('writes guestlab\'s unit; the binary stays out of user-data (it goes on the seed ISO)', () => {
     const config = withAgent();
-    expect(config.write_files).toEqual([
-      { path: AGENT_STAGED_PATH, owner: 'root:root', permissions: '0700', encoding: 'gz+b64', content: expect.any(String) },
-      { path: AGENT_UNIT_PATH, owner: 'root:root', permissions: '0644', content: AGENT_UNIT },
-    ]);
-    // What cloud-init does with gz+b64: base64-decode, then gunzip.
-    expect(gunzipSync(Buffer.from(config.write_files[0].content, 'base64')).equals(binary)).toBe(true);
+    expect(config.write_files).toEqual([{ path: AGENT_UNIT_PATH, owner: 'root:root', permissions: '0644', content: AGENT_UNIT }]);
+    expect(renderUserData({ ...input, agent: { binary } }).length).toBeLessThan(20_000);
     expect(AGENT_UNIT_PATH).toBe('/etc/systemd/system/guestlab-agent.service');
   });
 
-  test('runcmd installs it as 0755 in its place, enables and starts it under systemd, in a script sh accepts', () => {
+  test('runcmd installs it from the seed volume as 0755 in its place, enables and starts it under systemd, in a script sh accepts', () => {
     const [script] = withAgent().runcmd as string[];
     const steps = [
-      `install -D -m 0755 ${AGENT_STAGED_PATH} ${AGENT_PATH}`,
+      'dev=$(blkid -t LABEL=cidata -o device',
+      'mount -o ro "$dev" "$seed"',
+      `install -D -m 0755 "$seed/${AGENT_SEED_FILE}" ${AGENT_PATH}`,
+      'umount "$seed"',
+      'rmdir "$seed"',
       // A reload (seconds under TCG) only when systemd holds an older copy of the unit.
       '[ "$(systemctl show -p NeedDaemonReload --value guestlab-agent.service)" != yes ] || systemctl daemon-reload',
       'systemctl --no-reload enable guestlab-agent.service',
       'systemctl restart guestlab-agent.service',
-      `rm -f ${AGENT_STAGED_PATH}`,
     ];
     const at = steps.map((step) => script!.indexOf(step));
     expect(at.every((i) => i >= 0)).toBe(true);
@@ -140,7 +138,7 @@ describe('the guest agent in the seed', () => {
     expect(config.runcmd).toHaveLength(3);
     expect(config.runcmd[0]).toContain('systemctl restart guestlab-agent.service');
     expect(config.runcmd.slice(1)).toEqual([['touch', '/var/tmp/x'], 'echo hi']);
-    expect(config.write_files.map((f: { path: string }) => f.path)).toEqual([AGENT_STAGED_PATH, AGENT_UNIT_PATH, '/etc/motd']);
+    expect(config.write_files.map((f: { path: string }) => f.path)).toEqual([AGENT_UNIT_PATH, '/etc/motd']);
   });
 
   test('without the binary, nothing of the agent is in the seed', () => {

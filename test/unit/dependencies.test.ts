@@ -38,8 +38,7 @@ const RULES: DependencyRules = {
   packages: {
     util: ['execa', 'p-retry', 'yaml', 'node:net'],
     host: ['execa'],
-    // The agent binary goes into the user-data gzipped (write_files' gz+b64).
-    'cloud-init': ['yaml', 'node:zlib'],
+    'cloud-init': ['yaml'],
     ssh: ['ssh2', 'node:net'],
     agent: ['node:net'],
     qemu: ['node:child_process', 'node:net'],
