@@ -2,6 +2,7 @@
 // long before sshd listens, so an open port means nothing; the "SSH-2.0-" banner does. The socket
 // that saw the banner is handed on (banner pushed back), so no handshake is wasted on polling.
 import net from 'node:net';
+import { retryUntil } from '../util/retry.ts';
 
 export interface BannerOptions {
   host: string;
@@ -10,6 +11,8 @@ export interface BannerOptions {
   deadline: number;
   /** Per-attempt limit: slirp may hold a connection open while the guest's network is down. */
   attemptMs?: number;
+  /** The first attempts' limit, growing to attemptMs (see waitForSshBanner). */
+  firstAttemptMs?: number;
   retryDelayMs?: number;
   /** Checked between attempts: return a reason to give up at once (e.g. QEMU exited). */
   shouldStop?: () => string | undefined;
@@ -22,24 +25,19 @@ export interface BannerResult {
   attempts: number;
 }
 
-/** Attempts waiting for a banner at once, at most. */
-const MAX_OPEN = 8;
-
-/** One connection that waits attemptMs for the banner; `sockets` holds it while it is open. */
-function attempt(host: string, port: number, attemptMs: number, sockets: Set<net.Socket>): Promise<{ socket: net.Socket; banner: string } | undefined> {
+/** One connection that waits attemptMs for the banner; `closed`: the other end closed it first. */
+function attempt(host: string, port: number, attemptMs: number): Promise<{ result?: { socket: net.Socket; banner: string }; closed: boolean }> {
   return new Promise((resolve) => {
     const socket = net.connect({ host, port, noDelay: true });
-    sockets.add(socket);
-    socket.once('close', () => sockets.delete(socket));
     const chunks: Buffer[] = [];
     let done = false;
-    const finish = (result: { socket: net.Socket; banner: string } | undefined) => {
+    const finish = (result: { socket: net.Socket; banner: string } | undefined, closed = false) => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       socket.removeListener('data', onData);
       if (!result) socket.destroy();
-      resolve(result);
+      resolve(result ? { result, closed } : { closed });
     };
     const timer = setTimeout(() => finish(undefined), attemptMs);
     const onData = (chunk: Buffer) => {
@@ -52,53 +50,52 @@ function attempt(host: string, port: number, attemptMs: number, sockets: Set<net
         socket.unshift(received);
         finish({ socket, banner: line.trim() });
       } else if (received.length > 8192) {
-        finish(undefined);
+        finish(undefined, true);
       }
     };
     socket.on('data', onData);
-    socket.once('error', () => finish(undefined));
-    socket.once('close', () => finish(undefined));
+    socket.once('error', () => finish(undefined, true));
+    socket.once('close', () => finish(undefined, true));
   });
 }
 
 /**
  * Resolves with a connected socket positioned before the banner, or undefined at the deadline.
  *
- * Attempts overlap: a new one starts every retryDelayMs while older ones still wait (up to
- * MAX_OPEN at once), and the first banner wins. A connection made while the guest's network is
- * still down sits in slirp, which resends its SYN to the guest with TCP's backoff (1 s, then 2 s,
- * ...): waiting that one out cost up to 5 s of a boot here, while a fresh connection reaches sshd
- * as soon as it listens.
+ * One attempt at a time (a guest's sshd under load must not get a pile of connections to fork
+ * for). While the guest's network is down, slirp holds a connection open and resends its SYN to
+ * the guest with TCP's backoff (1 s, then 2 s, ...), so a long attempt can sit there for seconds
+ * after sshd listens: attempts start short (firstAttemptMs) and grow by half each time one ends in
+ * silence, up to attemptMs. Once an attempt was closed by the other end (the guest answered: its
+ * network is up), attempts get the whole attemptMs, for an sshd that is slow to send its banner.
  */
 export async function waitForSshBanner(options: BannerOptions): Promise<BannerResult | { stopped: string } | undefined> {
-  const attemptMs = options.attemptMs ?? 5000;
-  const every = options.retryDelayMs ?? 250;
-  const open = new Set<Promise<{ socket: net.Socket; banner: string } | undefined>>();
-  const sockets = new Set<net.Socket>();
+  const longest = options.attemptMs ?? 5000;
+  let next = Math.min(longest, options.firstAttemptMs ?? 1000);
   let attempts = 0;
-  let won: { socket: net.Socket; banner: string } | undefined;
-  const stopped = () => options.shouldStop?.() ?? (options.signal?.aborted ? 'aborted' : undefined);
   try {
-    while (!won) {
-      const reason = stopped();
-      if (reason !== undefined) return { stopped: reason };
+    const result = await retryUntil(async () => {
+      attempts++;
       const remaining = options.deadline - Date.now();
-      if (remaining <= 0 && open.size === 0) return undefined;
-      if (remaining > 0 && open.size < MAX_OPEN) {
-        attempts++;
-        const pending = attempt(options.host, options.port, Math.max(100, Math.min(attemptMs, remaining)), sockets);
-        open.add(pending);
-        void pending.then((seen) => {
-          open.delete(pending);
-          if (seen && !won) won = seen;
-          else if (seen) seen.socket.destroy();
-        });
-      }
-      // Until the next attempt is due, or until an open one ends (it may have seen the banner).
-      await Promise.race([new Promise((resolve) => setTimeout(resolve, every)), ...open]);
-    }
-    return { ...won, attempts };
-  } finally {
-    for (const socket of sockets) if (socket !== won?.socket) socket.destroy();
+      const seen = await attempt(options.host, options.port, Math.max(100, Math.min(next, remaining)));
+      if (seen.result) return seen.result;
+      next = seen.closed ? longest : Math.min(longest, Math.round(next * 1.5));
+      throw new Error('no SSH banner yet');
+    }, {
+      deadline: options.deadline,
+      minDelayMs: options.retryDelayMs ?? 250,
+      maxDelayMs: options.retryDelayMs ?? 250,
+      stopWhen: () => {
+        const reason = options.shouldStop?.() ?? (options.signal?.aborted ? 'aborted' : undefined);
+        return reason === undefined ? undefined : new Stopped(reason);
+      },
+    });
+    return { ...result, attempts };
+  } catch (error) {
+    if (error instanceof Stopped) return { stopped: error.message };
+    return undefined;
   }
 }
+
+/** Why the wait ended before the deadline (shouldStop's reason, or "aborted"). */
+class Stopped extends Error {}
