@@ -19,7 +19,8 @@ step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "host packages"
 # From ovmf on: firmware boot (OVMF for UEFI guests; building images with their own bootloader).
-packages=(qemu-system-x86 qemu-utils genisoimage mmdebstrap gcc libc6-dev e2fsprogs util-linux openssh-client iproute2 ca-certificates ovmf fdisk dosfstools mtools syslinux syslinux-common systemd-boot-efi)
+# xz-utils: Debian 13's kernel modules are xz-compressed, and guestlab's initramfs holds them unpacked.
+packages=(qemu-system-x86 qemu-utils genisoimage mmdebstrap gcc libc6-dev xz-utils e2fsprogs util-linux openssh-client iproute2 ca-certificates ovmf fdisk dosfstools mtools syslinux syslinux-common systemd-boot-efi)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
 command -v npm >/dev/null || missing+=(nodejs npm)
