@@ -78,7 +78,7 @@ export class GuestChannels {
     if (via !== undefined && via !== 'agent' && via !== 'ssh') throw new TypeError(`Expected \`via\` to be 'agent' or 'ssh', got ${describeValue(via)}`);
     const { agent } = this;
     if (via === 'agent' && !agent) {
-      throw new GuestlabError(`Guest ${this.#guest} has no guest agent to run the command on (${this.#resources.agent?.lost ?? 'its image has none, or it did not answer at boot'}); leave \`via\` out to use SSH`);
+      throw new GuestlabError(`Guest ${this.#guest} has no guest agent to run the command on (${this.#resources.agent?.lost ?? 'none answered at boot: its image has none and cloud-init did not install one, or it did not answer'}); leave \`via\` out to use SSH`);
     }
     return agent && via !== 'ssh' ? runOnAgent(agent, this.#ssh.user, argv, options) : runCommand(await this.session(), argv, options);
   }
