@@ -24,13 +24,16 @@ const INSTALLED_AGENT_WAIT_MS = 5_000;
 
 const HINT = '`journalctl -u guestlab-agent` in the guest says why the agent does not answer; commands then go over SSH';
 
-/** The agent's socket, kept to its owner, and how long a handshake may take from now. */
-async function agentSocket(state: LaunchState, waitMs: number): Promise<{ socket: string; timeoutMs: number }> {
+/**
+ * Makes the agent's socket its owner's alone, then returns the connection and HELLO to it, within
+ * waitMs and the boot's deadline: the socket is being connected once this resolves.
+ */
+async function openAgent(state: LaunchState, waitMs: number): Promise<{ client: Promise<AgentClient> }> {
   const socket = need(state.instance, 'instance').file('agent');
   // QEMU made it under its umask; the instance directory (0700) already keeps others out.
   await fs.chmod(socket, 0o600);
   const remaining = need(state.deadline, 'deadline') - Date.now();
-  return { socket, timeoutMs: Math.max(1000, Math.min(waitMs, remaining)) };
+  return { client: AgentClient.connect(socket, { timeoutMs: Math.max(1000, Math.min(waitMs, remaining)), ...(state.signal ? { signal: state.signal } : {}) }) };
 }
 
 /**
@@ -44,8 +47,8 @@ export const agentConnectStep: LaunchStep = {
   hint: 'the agent step after the restore reports whether the agent answered',
   async run(state) {
     if (!need(state.image, 'image').features.includes('agent')) return;
-    const { socket, timeoutMs } = await agentSocket(state, AGENT_WAIT_MS);
-    state.agentConnecting = AgentClient.connect(socket, { timeoutMs, ...(state.signal ? { signal: state.signal } : {}) });
+    // Awaited here: the connection must be under way before the restore lets the guest run.
+    state.agentConnecting = (await openAgent(state, AGENT_WAIT_MS)).client;
     // Taken by the agent step; a launch that fails before it must not leave an unhandled rejection.
     state.agentConnecting.catch(() => undefined);
   },
@@ -77,12 +80,7 @@ export const installedAgentStep: LaunchStep = {
  */
 async function connectAgent(state: LaunchState, waitMs: number): Promise<void> {
   try {
-    if (state.agentConnecting) {
-      state.resources.agent = await state.agentConnecting;
-    } else {
-      const { socket, timeoutMs } = await agentSocket(state, waitMs);
-      state.resources.agent = await AgentClient.connect(socket, { timeoutMs, ...(state.signal ? { signal: state.signal } : {}) });
-    }
+    state.resources.agent = await (state.agentConnecting ?? (await openAgent(state, waitMs)).client);
     state.log.debug(`agent: pid ${state.resources.agent.hello.pid} in the guest, protocol ${state.resources.agent.hello.version}`);
   } catch (error) {
     if (state.signal?.aborted) throw new AbortedError(`Starting guest ${state.spec.name} (connecting to its agent)`, { cause: state.signal.reason });
