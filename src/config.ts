@@ -12,13 +12,15 @@ export interface GuestlabPaths {
   imagesDir: string;
   /** One private directory per running guest. */
   instancesDir: string;
+  /** Saved templates that every process of this user restores guests from (template-cache.ts). */
+  templatesDir: string;
   /** Where `guestlab image build NAME` and `startGuest` look for recipes. */
   recipeDirs: string[];
   /** Where guest specs given by name are looked up. */
   fixtureDirs: string[];
 }
 
-const packageRoot = path.resolve(import.meta.dirname, '..');
+export const packageRoot = path.resolve(import.meta.dirname, '..');
 
 export function guestlabPaths(env: NodeJS.ProcessEnv = process.env): GuestlabPaths {
   const xdgCache = env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache');
@@ -30,6 +32,7 @@ export function guestlabPaths(env: NodeJS.ProcessEnv = process.env): GuestlabPat
     imagesDir: path.join(cacheDir, 'images'),
     agentDir: path.join(cacheDir, 'agent'),
     instancesDir: readEnv('GUESTLAB_INSTANCES_DIR', env) ?? path.join(cacheDir, 'instances'),
+    templatesDir: readEnv('GUESTLAB_TEMPLATES_DIR', env) ?? path.join(cacheDir, 'templates'),
     // The project's own images/ first, so a project can override a shipped recipe by name.
     recipeDirs: dedupe([...userRecipes, path.resolve('images'), path.join(packageRoot, 'images')]),
     fixtureDirs: dedupe([...userFixtures, path.resolve('fixtures')]),

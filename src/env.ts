@@ -108,6 +108,12 @@ export const ENVIRONMENT = {
   GUESTLAB_INSTANCES_DIR: location("running guests' directories", 'they live in <cache>/instances'),
   GUESTLAB_IMAGES_PATH: directoryList('extra image directories, searched before ./images'),
   GUESTLAB_FIXTURES_PATH: directoryList('extra fixture directories, searched before ./fixtures'),
+  GUESTLAB_TEMPLATES: flag(
+    'restore guests from the template cache (0: every guest boots cold)',
+    'a guest is restored from a saved template of its spec; the first start of a spec builds it',
+  ),
+  GUESTLAB_TEMPLATES_DIR: location('the template cache', 'it is <cache>/templates'),
+  GUESTLAB_TEMPLATE_CACHE_MIB: wholeNumber('size cap of the template cache; least recently used templates go first', 'the cap is 16384 MiB', 'MiB', 16384),
   GUESTLAB_OFFLINE: flag('never download: an image not in the cache fails at once', 'images are downloaded when needed'),
   GUESTLAB_OVMF_CODE: location('the OVMF firmware for UEFI guests', 'it is found where distributions install it'),
   GUESTLAB_OVMF_VARS: location('the OVMF variable store template for UEFI guests', 'it is found where distributions install it'),

@@ -5,13 +5,14 @@ import { command, helpText, overviewLines, UsageError, type Command } from './ar
 import { budget } from './budget.ts';
 import { doctor } from './doctor.ts';
 import { image } from './image.ts';
+import { template } from './template.ts';
 import { gc, GUEST_NOTE, ps, ssh, stop } from './instances.ts';
 
 const ENVIRONMENT = `Environment: GUESTLAB_CACHE_DIR (image cache), GUESTLAB_INSTANCES_DIR, GUESTLAB_IMAGES_PATH,
 GUESTLAB_FIXTURES_PATH, GUESTLAB_BUDGET_CPUS, GUESTLAB_BUDGET_MEMORY_MIB, GUESTLAB_BUDGET_CPU_OVERCOMMIT,
 GUESTLAB_HOST_RESERVE_MIB, GUESTLAB_BUDGET_DIR, GUESTLAB_KEEP=on-failure,
 GUESTLAB_TIMEOUT_SCALE, GUESTLAB_REQUIRE_KVM=1, GUESTLAB_EVIDENCE_DIR, GUESTLAB_DEBUG=1 (verbose log),
-GUESTLAB_OFFLINE=1 (never download), GUESTLAB_OVMF_CODE and GUESTLAB_OVMF_VARS (UEFI firmware files).`;
+GUESTLAB_OFFLINE=1 (never download), GUESTLAB_TEMPLATES=0 (no template cache), GUESTLAB_TEMPLATE_CACHE_MIB, GUESTLAB_OVMF_CODE and GUESTLAB_OVMF_VARS (UEFI firmware files).`;
 
 const help = command(
   {
@@ -34,7 +35,7 @@ const help = command(
 );
 
 /** Every command by its first word; `image` has subcommands. In the order `guestlab help` lists them. */
-const COMMANDS: Record<string, Command | Command[]> = { doctor, image, ps, budget, ssh, stop, gc, help };
+const COMMANDS: Record<string, Command | Command[]> = { doctor, image, template, ps, budget, ssh, stop, gc, help };
 
 /** Every command (image subcommands one by one), for help and tests. */
 export function allCommands(): Command[] {

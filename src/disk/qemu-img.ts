@@ -2,13 +2,13 @@
 // image builds and imports, UEFI variable stores, and the header facts of an untrusted disk.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
+import { DEBIAN_PACKAGES, probeQemuImg, requireTool } from '../host/probe.ts';
 import { run } from '../util/run.ts';
 
 export type DiskFormat = 'qcow2' | 'raw';
 
 async function qemuImg(args: string[], why: string, signal: AbortSignal | undefined): Promise<string> {
-  const tool = requireTool((await probeHost()).qemuImg, DEBIAN_PACKAGES.qemuImg, why);
+  const tool = requireTool(await probeQemuImg(), DEBIAN_PACKAGES.qemuImg, why);
   return run(tool, args, { signal });
 }
 

@@ -13,13 +13,20 @@ import { quoteArg } from '../util/shell-quote.ts';
 import { FRESH_BOOT, qemuStep } from './launch/boot.ts';
 import { cloneSteps, RESUME_PERL, RESUME_WAITER, type TemplateBase } from './launch/clone.ts';
 import { launch, timingsOf } from './launch/launch.ts';
-import { need, newLaunchState, runBoot, runSteps, type LaunchState, type LaunchStep } from './launch/steps.ts';
+import { need, newLaunchState, runBoot, runSteps, type FailedStep, type LaunchState, type LaunchStep } from './launch/steps.ts';
 import { registerLive, unregisterLive } from './registry.ts';
 import { releaseResources } from './resources.ts';
 import type { GuestSpec, ResolvedSpec } from './spec.ts';
-import { specFrom, type StartOptions } from './start.ts';
+import { specFrom, type StartOptions } from './start-options.ts';
 import type { StartedGuest } from './started-guest.ts';
+import { notCacheable, TemplateCache, templateCacheKey, templateKeyInputs } from './template-cache.ts';
 import type { BootTimings } from './types.ts';
+import { chooseAccel } from './accel.ts';
+import { probeKvmOnce, probeQemu } from '../host/probe.ts';
+import { ensureImage } from '../images/builder.ts';
+import type { Logger } from '../log.ts';
+import type { Accel } from '../qemu/argv.ts';
+import { sweepOnce } from '../reaper/sweep.ts';
 
 /** How the template was made: its boot, and the save of its state. */
 export interface TemplateTimings {
@@ -86,21 +93,64 @@ function saveSteps(statePath: string, result: { resumeWaiter: boolean; saveMs: n
   ];
 }
 
+/** What a template's clones inherit of its boot. */
+interface TemplateOrigin {
+  spec: ResolvedSpec;
+  log: Logger;
+  accel: Accel;
+  machine: string;
+  bootTimeoutMs: number;
+}
+
+/** A booted and frozen template in `instancesDir` (default: the instances directory). */
+async function bootTemplate(spec: ResolvedSpec, options: StartOptions, instancesDir?: string): Promise<{ origin: TemplateOrigin; base: TemplateBase; timings: TemplateTimings }> {
+  const state = await runBoot(() => ({ ...newLaunchState(spec, rootLog.child(spec.name), options.signal), instancesDir }), TEMPLATE_BOOT);
+  const boot = timingsOf(state);
+  const instance = need(state.instance, 'instance');
+  const statePath = instance.file('state');
+  const saved = { resumeWaiter: false, saveMs: 0 };
+  await runSteps(state, saveSteps(statePath, saved));
+  const stateBytes = (await fs.stat(statePath)).size;
+  state.log.debug(`template ${instance.id} saved in ${saved.saveMs} ms (${(stateBytes / 1048576).toFixed(0)} MiB of state)`);
+  const keys = need(state.keys, 'keys');
+  const media = need(state.media, 'boot media');
+  const base: TemplateBase = {
+    id: instance.id,
+    instance,
+    statePath,
+    clientPrivateKey: keys.clientPrivateKey,
+    hostPublicKey: keys.hostPublicKey,
+    hostname: spec.name,
+    kernel: media.kernel,
+    seed: media.seed,
+    fwCfg: media.fwCfg,
+    mounts: [...state.mounts],
+    cloudInit: state.cloudInit,
+    uefi: media.uefi,
+    resumeWaiter: saved.resumeWaiter,
+  };
+  const origin = { spec, log: state.log, accel: need(state.accel, 'accelerator'), machine: need(state.machine, 'machine'), bootTimeoutMs: need(state.bootTimeoutMs, 'boot timeout') };
+  return { origin, base, timings: { boot, saveMs: saved.saveMs, stateBytes } };
+}
+
 export class GuestTemplate implements AsyncDisposable {
-  /** The template's instance id; clones name it in `clonedFrom`. */
+  /** The template's instance id (or, from the template cache, `template-<key>`); clones name it in `clonedFrom`. */
   readonly id: string;
   readonly spec: ResolvedSpec;
   readonly timings: TemplateTimings;
+  /** The template cache's key, for a template that lives there (release() leaves its files). */
+  readonly cacheKey: string | undefined;
   readonly #base: TemplateBase;
-  readonly #boot: LaunchState;
+  readonly #origin: TemplateOrigin;
   #released: Promise<void> | undefined;
 
-  private constructor(boot: LaunchState, base: TemplateBase, timings: TemplateTimings) {
-    this.#boot = boot;
+  private constructor(origin: TemplateOrigin, base: TemplateBase, timings: TemplateTimings, cacheKey?: string) {
+    this.#origin = origin;
     this.#base = base;
     this.id = base.id;
-    this.spec = boot.spec;
+    this.spec = origin.spec;
     this.timings = timings;
+    this.cacheKey = cacheKey;
   }
 
   /**
@@ -109,37 +159,60 @@ export class GuestTemplate implements AsyncDisposable {
    */
   static async create(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<GuestTemplate> {
     const spec = await specFrom(specOrFixture);
-    if (spec.networks.length) {
-      throw new GuestlabError(
-        `Guest ${spec.name} joins private networks (${spec.networks.map((n) => n.name).join(', ')}), so it cannot be a template: every clone would ` +
-          'come up with the same addresses. Boot such guests fresh (guestFixture option clone: false, or startGuest()).',
-      );
+    refuseNetworks(spec);
+    const { origin, base, timings } = await bootTemplate(spec, options);
+    return new GuestTemplate(origin, base, timings);
+  }
+
+  /**
+   * The template cache's template for the spec, built (booted and saved there) when it has none.
+   * `anyName`: the spec did not ask for a name, so its clones take the template's; otherwise each
+   * clone is renamed to the spec's name. Undefined when the spec cannot use the cache (`why`).
+   */
+  static async fromCache(spec: ResolvedSpec, anyName: boolean, options: StartOptions = {}): Promise<{ template: GuestTemplate; built: boolean } | undefined> {
+    const why = notCacheable(spec, options.template);
+    if (why) {
+      rootLog.child(spec.name).debug(`not using the template cache: ${why}`);
+      return undefined;
     }
-    const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), TEMPLATE_BOOT);
-    const boot = timingsOf(state);
-    const instance = need(state.instance, 'instance');
-    const statePath = instance.file('state');
-    const saved = { resumeWaiter: false, saveMs: 0 };
-    await runSteps(state, saveSteps(statePath, saved));
-    const stateBytes = (await fs.stat(statePath)).size;
-    state.log.debug(`template ${instance.id} saved in ${saved.saveMs} ms (${(stateBytes / 1048576).toFixed(0)} MiB of state)`);
-    const keys = need(state.keys, 'keys');
-    const media = need(state.media, 'boot media');
-    const base: TemplateBase = {
-      id: instance.id,
-      instance,
-      statePath,
-      clientPrivateKey: keys.clientPrivateKey,
-      hostPublicKey: keys.hostPublicKey,
-      kernel: media.kernel,
-      seed: media.seed,
-      fwCfg: media.fwCfg,
-      mounts: [...state.mounts],
-      cloudInit: state.cloudInit,
-      uefi: media.uefi,
-      resumeWaiter: saved.resumeWaiter,
+    const log = rootLog.child(spec.name);
+    await sweepOnce(log);
+    const [host, kvm] = await Promise.all([probeQemu(), probeKvmOnce()]);
+    const accel = chooseAccel(spec.accel, kvm);
+    const image = await ensureImage(spec.image, { log, signal: options.signal });
+    const inputs = await templateKeyInputs(spec, accel, host.q35Machine, image, host);
+    const key = templateCacheKey(inputs);
+    const cache = new TemplateCache(log);
+    const { entry, built } = await cache.getOrBuild(
+      key,
+      inputs,
+      async (buildingDir) => {
+        log.info(`building template ${key} of ${spec.image} (the first start of this spec; later ones restore it)`);
+        const made = await bootTemplate(spec, options, buildingDir);
+        unregisterLive(made.base.id); // the cache keeps it, not this process
+        const { id: _id, instance, statePath: _state, clientPrivateKey: _key, mounts: _mounts, ...base } = made.base;
+        const boot = made.timings.boot;
+        return {
+          instance,
+          manifest: {
+            hostname: spec.name,
+            bootTimeoutMs: made.origin.bootTimeoutMs,
+            timings: { bootMs: boot.cloudInitDoneMs, saveMs: made.timings.saveMs, stateBytes: made.timings.stateBytes },
+            base,
+          },
+        };
+      },
+      options.signal,
+    );
+    const { manifest } = entry;
+    const cloneSpec = anyName ? { ...spec, name: manifest.hostname } : spec;
+    const origin: TemplateOrigin = { spec: cloneSpec, log: rootLog.child(cloneSpec.name), accel, machine: host.q35Machine, bootTimeoutMs: spec.bootTimeoutMs ?? manifest.bootTimeoutMs };
+    const timings: TemplateTimings = {
+      boot: { imageReadyMs: 0, qemuStartedMs: 0, sshBannerMs: 0, sshReadyMs: 0, cloudInitDoneMs: manifest.timings.bootMs },
+      saveMs: manifest.timings.saveMs,
+      stateBytes: manifest.timings.stateBytes,
     };
-    return new GuestTemplate(state, base, { boot, saveMs: saved.saveMs, stateBytes });
+    return { template: new GuestTemplate(origin, entry.base, timings, key), built };
   }
 
   get released(): boolean {
@@ -151,20 +224,47 @@ export class GuestTemplate implements AsyncDisposable {
    * writes), its own QEMU and SSH port, the host's wall-clock time and a reseeded RNG. The same
    * StartedGuest API as a booted guest; its boot id and machine id are the template's.
    */
-  async clone(options: StartOptions = {}): Promise<StartedGuest> {
+  clone(options: StartOptions = {}): Promise<StartedGuest> {
+    return this.#clone(options, performance.now(), undefined);
+  }
+
+  #clone(options: StartOptions, t0: number, cache: BootTimings['template']): Promise<StartedGuest> {
     if (this.#released) throw new GuestlabError(`Template ${this.id} was released; create a new one to clone from`);
-    const { spec, log, accel, machine, bootTimeoutMs } = this.#boot;
-    const state = newLaunchState(spec, log, options.signal);
+    const { spec, log, accel, machine, bootTimeoutMs } = this.#origin;
+    const state: LaunchState = { ...newLaunchState(spec, log, options.signal), t0 };
     state.accel = accel;
     state.machine = machine;
     state.bootTimeoutMs = bootTimeoutMs;
     state.clonedFrom = this.id;
+    if (cache) state.timings.template = cache;
     return launch(state, cloneSteps(this.#base));
   }
 
-  /** Removes the template's files. Clones already running keep working (their QEMUs hold the files open). */
+  /**
+   * startGuest() through the template cache: the guest restored from the spec's template (built
+   * first when there is none). Undefined when the spec does not use the cache, or when its template
+   * failed to restore: that template is discarded (a warning says why) and the caller boots cold.
+   */
+  static async startFromCache(spec: ResolvedSpec, anyName: boolean, options: StartOptions = {}): Promise<StartedGuest | undefined> {
+    const t0 = performance.now();
+    const found = await GuestTemplate.fromCache(spec, anyName, options);
+    if (!found) return undefined;
+    const { template, built } = found;
+    const key = need(template.cacheKey, 'cache key');
+    try {
+      return await template.#clone(options, t0, { key, built });
+    } catch (error) {
+      const step = (error as { step?: FailedStep }).step?.name;
+      if (options.signal?.aborted || !step || !RESTORE_STEPS.has(step)) throw error;
+      await new TemplateCache(template.#origin.log).discard(key, `a guest restored from it failed in step ${step}: ${(error as Error).message.split('\n')[0]}`);
+      return undefined;
+    }
+  }
+
+  /** Removes the template's files (a cached template's stay in the cache). Clones already running keep working (their QEMUs hold the files open). */
   release(): Promise<void> {
     this.#released ??= (async () => {
+      if (this.cacheKey) return;
       await fs.rm(this.#base.instance.dir, { recursive: true, force: true });
       unregisterLive(this.id);
     })();
@@ -173,6 +273,18 @@ export class GuestTemplate implements AsyncDisposable {
 
   [Symbol.asyncDispose](): Promise<void> {
     return this.release();
+  }
+}
+
+/** The clone steps whose failure says the template is bad (rather than the host busy or the run aborted). */
+const RESTORE_STEPS = new Set(['disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup', 'hostname']);
+
+function refuseNetworks(spec: ResolvedSpec): void {
+  if (spec.networks.length) {
+    throw new GuestlabError(
+      `Guest ${spec.name} joins private networks (${spec.networks.map((n) => n.name).join(', ')}), so it cannot be a template: every clone would ` +
+        'come up with the same addresses. Boot such guests fresh (guestFixture option clone: false, or startGuest()).',
+    );
   }
 }
 

@@ -63,6 +63,11 @@ export interface BootTimings {
   cloudInit?: 'ran' | 'skipped';
   /** A clone only: when the saved state had been loaded into its QEMU. */
   restoreMs?: number;
+  /**
+   * A guest restored from the template cache: the template's key, and whether this start built it
+   * (a miss: the cold boot and the save came first, and the times include them).
+   */
+  template?: { key: string; built: boolean };
   /** How long each launch step took, by step name ("image", "budget", "qemu", "ssh-auth", ...). */
   steps?: Record<string, number>;
 }

@@ -107,23 +107,56 @@ export function parseMachineAlias(help: string, alias: string): string | undefin
   return line && /\(alias of ([\w.-]+)\)/.exec(line)?.[1];
 }
 
-let cached: Promise<HostFacts> | undefined;
+const probes = new Map<string, Promise<unknown>>();
+
+/** Each probe runs once per process, on first use: a restore needs QEMU's facts, not mmdebstrap's. */
+function once<T>(name: string, probe: () => Promise<T>): Promise<T> {
+  let found = probes.get(name) as Promise<T> | undefined;
+  if (!found) {
+    found = probe();
+    probes.set(name, found);
+  }
+  return found;
+}
+
+/** QEMU and the versioned machine type its q35 alias stands for. */
+export function probeQemu(): Promise<Pick<HostFacts, 'qemu' | 'q35Machine'>> {
+  return once('qemu', async () => {
+    const found = await findExecutable('qemu-system-x86_64');
+    const [qemu, machines] = await Promise.all([
+      tool('qemu-system-x86_64', ['--version'], versionNumber),
+      found ? execa(found, ['-machine', 'help'], { reject: false, timeout: 10_000 }) : undefined,
+    ]);
+    return { qemu, q35Machine: parseMachineAlias(machines?.stdout ?? '', 'q35') ?? 'q35' };
+  });
+}
+
+export function probeQemuImg(): Promise<ToolInfo> {
+  return once('qemu-img', () => tool('qemu-img', ['--version'], versionNumber));
+}
+
+export function probeSetpriv(): Promise<ToolInfo> {
+  return once('setpriv', () => tool('setpriv', ['--version'], versionNumber));
+}
+
+export function probeKvmOnce(): Promise<KvmAssessment> {
+  return once('kvm', probeKvm);
+}
 
 /** Probe the host once per process. */
 export function probeHost(): Promise<HostFacts> {
-  cached ??= (async () => {
-    const [qemu, qemuImg, isoTool, mmdebstrap, mkfsExt4, setpriv, gcc, kvm, memAvailable] = await Promise.all([
-      tool('qemu-system-x86_64', ['--version'], versionNumber),
-      tool('qemu-img', ['--version'], versionNumber),
+  return once('host', async () => {
+    const [{ qemu, q35Machine }, qemuImg, isoTool, mmdebstrap, mkfsExt4, setpriv, gcc, kvm, memAvailable] = await Promise.all([
+      probeQemu(),
+      probeQemuImg(),
       firstTool(['genisoimage', 'xorrisofs', 'mkisofs'], ['--version']),
       tool('mmdebstrap', ['--version'], versionNumber),
       tool('mkfs.ext4', ['-V'], versionNumber),
-      tool('setpriv', ['--version'], versionNumber),
+      probeSetpriv(),
       tool('gcc', ['--version'], versionNumber),
-      probeKvm(),
+      probeKvmOnce(),
       memAvailableMiB(),
     ]);
-    const machines = qemu.path ? await execa(qemu.path, ['-machine', 'help'], { reject: false, timeout: 10_000 }) : undefined;
     return {
       qemu,
       qemuImg,
@@ -133,13 +166,12 @@ export function probeHost(): Promise<HostFacts> {
       setpriv,
       gcc,
       kvm,
-      q35Machine: parseMachineAlias(machines?.stdout ?? '', 'q35') ?? 'q35',
+      q35Machine,
       cores: os.availableParallelism(),
       memAvailableMiB: memAvailable,
       isRoot: process.getuid?.() === 0,
     };
-  })();
-  return cached;
+  });
 }
 
 const APT_HINT = 'install it with: apt-get install';

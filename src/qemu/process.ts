@@ -5,7 +5,7 @@
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { QemuError, tailLines } from '../errors.ts';
-import { DEBIAN_PACKAGES, probeHost, requireTool } from '../host/probe.ts';
+import { DEBIAN_PACKAGES, probeQemu, probeSetpriv, requireTool } from '../host/probe.ts';
 import type { Logger } from '../log.ts';
 
 export interface QemuExit {
@@ -37,13 +37,13 @@ export interface LaunchOptions {
 }
 
 export async function launchQemu(argv: string[], log: Logger, options: LaunchOptions): Promise<QemuProcess> {
-  const host = await probeHost();
-  const qemu = requireTool(host.qemu, DEBIAN_PACKAGES.qemu, 'to run guests');
+  const [{ qemu: qemuTool }, setpriv] = await Promise.all([probeQemu(), probeSetpriv()]);
+  const qemu = requireTool(qemuTool, DEBIAN_PACKAGES.qemu, 'to run guests');
   const keepable = options.keepable ?? false;
-  const [file, args] = host.setpriv.path && !keepable
-    ? [host.setpriv.path, ['--pdeathsig', 'KILL', '--', qemu, ...argv]]
+  const [file, args] = setpriv.path && !keepable
+    ? [setpriv.path, ['--pdeathsig', 'KILL', '--', qemu, ...argv]]
     : [qemu, argv];
-  if (!host.setpriv.path) log.warn('setpriv (util-linux) not found: QEMU will not die with its parent if this process is killed');
+  if (!setpriv.path) log.warn('setpriv (util-linux) not found: QEMU will not die with its parent if this process is killed');
   log.debug(`exec ${qemu} ${argv.join(' ')}`);
 
   // A file rather than a pipe: a kept QEMU must not lose its stderr when this process exits.

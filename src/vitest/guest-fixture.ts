@@ -2,7 +2,7 @@
 // of its scope, booted fresh or cloned from a template this process shares between declarations.
 import { afterAll, afterEach, type TestContext } from 'vitest';
 import { keepMode } from '../guest/keep.ts';
-import { startGuest } from '../guest/start.ts';
+import { specFrom, startGuest } from '../guest/start.ts';
 import { loadFixture, resolveSpec, type GuestSpec, type ResolvedSpec } from '../guest/spec.ts';
 import { GuestTemplate, templateKey } from '../guest/template.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
@@ -26,7 +26,7 @@ export type GuestFixture = FixturePair<GuestFixtureFn, StartedGuest>;
  * are checked here, when the file is collected.
  */
 export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOptions): GuestFixture {
-  const { scope, clone: cloneOption, declared } = checkGuestFixture(spec, options);
+  const { scope, clone: cloneOption, template: templateOption, declared } = checkGuestFixture(spec, options);
   let current: StartedGuest | undefined;
   let failedTest: string | undefined;
   // With clone: true, one template per fixture declaration, booted by the first test that needs it
@@ -37,13 +37,13 @@ export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOpt
   // Resolved once per declaration: a spec without a name gets one random name for all its clones.
   let resolved: Promise<DeclaredSpec> | undefined = declared && Promise.resolve(declared);
   const start = async (signal: AbortSignal | undefined): Promise<StartedGuest> => {
-    const startOptions = signal ? { signal } : {};
+    const startOptions = { ...(signal ? { signal } : {}), ...(templateOption === undefined ? {} : { template: templateOption }) };
     if (!clone) return startGuest(spec, startOptions);
     resolved ??= loadFixture(spec as string).then((raw) => ({ spec: resolveSpec(raw), anyName: raw.name === undefined }));
     const { spec: resolvedSpec, anyName } = await resolved;
     // Asked for explicitly, a spec on private networks gets GuestTemplate's error; by default it boots fresh.
     if (!cloneOption && resolvedSpec.networks.length) return startGuest(spec, startOptions);
-    template ??= acquireTemplate(resolvedSpec, anyName);
+    template ??= acquireTemplate(resolvedSpec, anyName, templateOption);
     return (await template.template).clone(startOptions);
   };
   if (clone) {
@@ -114,12 +114,15 @@ interface SharedTemplate {
  */
 const templates = new Map<string, SharedTemplate>();
 
-function acquireTemplate(spec: ResolvedSpec, anyName: boolean): SharedTemplate {
-  const key = templateKey(spec, { anyName });
+function acquireTemplate(spec: ResolvedSpec, anyName: boolean, cache: boolean | undefined): SharedTemplate {
+  const key = `${templateKey(spec, { anyName })}${cache === false ? '-uncached' : ''}`;
   let shared = templates.get(key);
   if (!shared) {
     const abort = new AbortController();
-    shared = { key, abort, users: 0, template: GuestTemplate.create(spec, { signal: abort.signal }) };
+    // From the template cache where the spec allows it (then release() leaves its files there).
+    const options = { signal: abort.signal, ...(cache === undefined ? {} : { template: cache }) };
+    const template = specFrom(spec).then(async (full) => (await GuestTemplate.fromCache(full, anyName, options))?.template ?? GuestTemplate.create(full, options));
+    shared = { key, abort, users: 0, template };
     shared.template.catch(() => undefined); // failures reach the tests that await it
     templates.set(key, shared);
   }

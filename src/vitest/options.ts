@@ -17,6 +17,11 @@ export interface GuestFixtureOptions {
    * (unless the spec joins private networks, whose guests cannot be templates), false otherwise.
    */
   clone?: boolean;
+  /**
+   * false: boot the guests cold, neither restored from the template cache nor saved into it (see
+   * startGuest). Default: restored from the cache where the spec allows it.
+   */
+  template?: boolean;
 }
 
 export interface NetworkFixtureOptions extends Omit<NetworkOptions, 'name'> {
@@ -53,16 +58,19 @@ export interface DeclaredSpec {
 }
 
 /** guestFixture()'s arguments, checked at declaration. An inline spec comes back resolved. */
-export function checkGuestFixture(spec: GuestSpec | string, options: GuestFixtureOptions | undefined): { scope: GuestFixtureScope; clone: boolean | undefined; declared: DeclaredSpec | undefined } {
+export function checkGuestFixture(spec: GuestSpec | string, options: GuestFixtureOptions | undefined): { scope: GuestFixtureScope; clone: boolean | undefined; template: boolean | undefined; declared: DeclaredSpec | undefined } {
   validateEnvironment(process.env, (message) => log.warn(message));
-  const given = knownOptions('guestFixture()', options, ['scope', 'clone']);
+  const given = knownOptions('guestFixture()', options, ['scope', 'clone', 'template']);
   const scope = given.scope === undefined ? 'file' : expectOneOf('scope', given.scope, SCOPES);
-  if (given.clone !== undefined && typeof given.clone !== 'boolean') throw new TypeError(`Expected \`clone\` to be true or false, got ${describeValue(given.clone)}`);
+  for (const flag of ['clone', 'template'] as const) {
+    if (given[flag] !== undefined && typeof given[flag] !== 'boolean') throw new TypeError(`Expected \`${flag}\` to be true or false, got ${describeValue(given[flag])}`);
+  }
+  const template = given.template as boolean | undefined;
   if (typeof spec === 'string') {
     expectString('spec', spec, FIXTURE_NAME, 'name a spec file fixtures/NAME.yaml by its NAME (letters, digits, ".", "_", "-"), or pass a spec object such as { image: \'debian-12\' }');
-    return { scope, clone: given.clone, declared: undefined };
+    return { scope, clone: given.clone as boolean | undefined, template, declared: undefined };
   }
-  return { scope, clone: given.clone, declared: { spec: resolveSpec(spec), anyName: spec.name === undefined } };
+  return { scope, clone: given.clone as boolean | undefined, template, declared: { spec: resolveSpec(spec), anyName: spec.name === undefined } };
 }
 
 /** networkFixture()'s arguments, checked at declaration. */

@@ -126,7 +126,7 @@ describe('runBoot', () => {
 });
 
 test('every step of a fresh boot and of a clone says what it does and where to look', () => {
-  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', kernel: undefined, seed: '/x/seed', fwCfg: undefined, mounts: [], cloudInit: 'ran', uefi: undefined, resumeWaiter: true });
+  const clone = cloneSteps({ id: 't', instance: { id: 't', dir: '/x', file: () => '/x/f' }, statePath: '/x/state', clientPrivateKey: '', hostPublicKey: '', hostname: 't', kernel: undefined, seed: '/x/seed', fwCfg: undefined, mounts: [], cloudInit: 'ran', uefi: undefined, resumeWaiter: true });
   for (const steps of [FRESH_BOOT, clone]) {
     const names = steps.map((s) => s.name);
     expect(new Set(names).size).toBe(names.length);
@@ -137,5 +137,5 @@ test('every step of a fresh boot and of a clone says what it does and where to l
     }
   }
   expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'mount-images', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'cloud-init', 'agent-installed', 'mounts']);
-  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup']);
+  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup', 'hostname']);
 });

@@ -16,6 +16,7 @@ import type { GuestMount } from '../mounts.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { agentConnectStep, agentStep } from './agent.ts';
+import { runOnAgentOrSession } from '../commands.ts';
 import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
 /**
@@ -67,6 +68,8 @@ export interface TemplateBase {
   readonly statePath: string;
   readonly clientPrivateKey: string;
   readonly hostPublicKey: string;
+  /** The guest's hostname in the saved state; a clone of another name renames its guest. */
+  readonly hostname: string;
   readonly kernel: BootMedia['kernel'];
   /** The template's cloud-init seed or fw_cfg setup entries: the clone's QEMU has the same devices. */
   readonly seed: BootMedia['seed'];
@@ -146,8 +149,31 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
-  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup];
+  const hostname: LaunchStep = {
+    name: 'hostname',
+    description: 'give the guest its own name when it is not the template’s (hostname, /etc/hostname, /etc/hosts)',
+    hint: 'the guest needs sudo for its user when it has no agent',
+    async run(state) {
+      const { name } = state.spec;
+      if (name === template.hostname) return;
+      const argv = ['sh', '-c', RENAME_SCRIPT, 'sh', template.hostname, name];
+      const { agent } = state.resources;
+      const options = { timeoutMs: 60_000, ...(state.signal ? { signal: state.signal } : {}) };
+      const result = await runOnAgentOrSession(state.resources, 'root', agent && !agent.lost ? argv : ['sudo', '-n', ...argv], options);
+      if (result.exitCode !== 0) throw new GuestlabError(`Guest ${name} (clone of ${template.id}) could not take its name (exit code ${result.exitCode}): ${result.stderr.trim()}`);
+    },
+  };
+  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup, hostname];
 }
+
+/** Renames the guest from $1 to $2, as cloud-init named it: the kernel's hostname, /etc/hostname, and /etc/hosts lines. */
+const RENAME_SCRIPT = [
+  'set -e',
+  'hostname "$2"',
+  'printf \'%s\\n\' "$2" > /etc/hostname',
+  // Whole words only: a name that is a prefix of another stays as it is.
+  'sed -i "s/\\(^\\|[[:space:]]\\)$1\\([[:space:]]\\|\\.\\|$\\)/\\1$2\\2/g" /etc/hosts',
+].join('\n');
 
 /**
  * A clone whose agent answers needs no SSH wait: its sshd runs in the restored state (vm.ssh works at

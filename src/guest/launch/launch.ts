@@ -20,6 +20,7 @@ export function timingsOf(state: LaunchState): BootTimings {
     sshReadyMs: need(t.sshReadyMs, 'SSH timing'),
     cloudInitDoneMs: need(t.cloudInitDoneMs, 'ready timing'),
     ...(t.restoreMs === undefined ? {} : { restoreMs: t.restoreMs }),
+    ...(t.template === undefined ? {} : { template: t.template }),
     ...(state.cloudInit === undefined ? {} : { cloudInit: state.cloudInit }),
     steps: { ...state.stepMs },
   };

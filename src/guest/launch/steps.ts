@@ -76,6 +76,8 @@ export interface LaunchState {
   cloudInit?: 'ran' | 'skipped';
   /** The cloud-init seed carries the guest agent for an image without one (the seed step). */
   agentInSeed?: boolean;
+  /** Where the instance directory goes (default: the instances directory; a template being cached: the cache's). */
+  instancesDir?: string | undefined;
   /** The template's id, for a clone. */
   clonedFrom?: string | undefined;
   /** How long each step took, by name. */
