@@ -2,7 +2,6 @@
 import { GuestTemplate } from '../guest/template.ts';
 import { TemplateCache } from '../guest/template-cache.ts';
 import { specFrom } from '../guest/start.ts';
-import { log } from '../log.ts';
 import { command, UsageError, type Command } from './args.ts';
 import { printTable } from './table.ts';
 
@@ -18,7 +17,7 @@ const ls = command(
     args: { min: 0, max: 0, what: 'no arguments' },
   },
   async ({ values }) => {
-    const cache = new TemplateCache(log);
+    const cache = new TemplateCache();
     const entries = await cache.list();
     if (values.json) {
       console.log(JSON.stringify(entries.map((e) => ({ key: e.key, bytes: e.bytes, lastUsed: e.lastUsed.toISOString(), createdAt: e.manifest?.createdAt, inputs: e.manifest?.inputs })), null, 2));
@@ -49,7 +48,7 @@ const rm = command(
     },
   },
   async ({ positionals, values }) => {
-    const cache = new TemplateCache(log);
+    const cache = new TemplateCache();
     const keys = values.all ? (await cache.list()).map((e) => e.key) : positionals;
     let missing = 0;
     for (const key of keys) {
@@ -75,7 +74,7 @@ const prune = command(
     },
   },
   async ({ values }) => {
-    const cache = new TemplateCache(log);
+    const cache = new TemplateCache();
     const max = values['max-mib'];
     const removed = await cache.prune(max === undefined ? {} : { maxBytes: Number(max) * 1048576 });
     console.log(removed.length ? `removed ${removed.length} template(s): ${removed.join(' ')}` : 'the template cache fits its cap; nothing removed');

@@ -18,9 +18,9 @@ import { agentSourceDigest } from '../agent/build.ts';
 import { guestlabPaths, packageRoot } from '../config.ts';
 import { readEnv } from '../env.ts';
 import { GuestlabError } from '../errors.ts';
-import { probeQemu, type HostFacts } from '../host/probe.ts';
+import { probeQemu, probeQemuBuild, type HostFacts } from '../host/probe.ts';
 import type { BuiltImage } from '../images/image-dir.ts';
-import type { Logger } from '../log.ts';
+import { log as rootLog, type Logger } from '../log.ts';
 import { TCG_CPU_MODEL, type Accel } from '../qemu/argv.ts';
 import { isAlive } from '../host/process-identity.ts';
 import { readOwnerRecord } from '../reaper/sweep.ts';
@@ -93,26 +93,6 @@ export function templateCacheKey(inputs: TemplateKeyInputs): string {
   return createHash('sha256').update(canonicalJson(inputs)).digest('hex').slice(0, 32);
 }
 
-const builds = new Map<string, Promise<string>>();
-
-/**
- * The identity of the QEMU binary at `file`: its resolved path, inode, size and modification time,
- * digested (reading the whole binary would cost every process ~0.1 s). A reinstalled or upgraded
- * QEMU is another build, and its templates are made anew.
- */
-function qemuBuild(file: string): Promise<string> {
-  let build = builds.get(file);
-  if (!build) {
-    build = (async () => {
-      const real = await fs.realpath(file);
-      const stat = await fs.stat(real);
-      return createHash('sha256').update(`${real}\n${stat.ino}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
-    })();
-    builds.set(file, build);
-  }
-  return build;
-}
-
 let version: Promise<string> | undefined;
 function guestlabVersion(): Promise<string> {
   version ??= fs.readFile(path.join(packageRoot, 'package.json'), 'utf8').then((text) => String((JSON.parse(text) as { version?: unknown }).version));
@@ -130,13 +110,11 @@ async function cpuIdentity(accel: Accel): Promise<string> {
 
 export async function templateKeyInputs(spec: ResolvedSpec, accel: Accel, machine: string, image: BuiltImage, host?: Pick<HostFacts, 'qemu'>): Promise<TemplateKeyInputs> {
   const facts = host ?? (await probeQemu());
-  const qemuPath = facts.qemu.path;
-  if (!qemuPath) throw new GuestlabError('QEMU is not installed; `guestlab doctor` says which package brings it');
   const { name: _name, bootTimeoutMs: _timeout, mounts: _mounts, networks: _networks, ...rest } = spec;
   return {
     format: TEMPLATE_FORMAT,
     guestlab: await guestlabVersion(),
-    qemu: { version: facts.qemu.version ?? 'unknown', digest: await qemuBuild(qemuPath) },
+    qemu: { version: facts.qemu.version ?? 'unknown', digest: await probeQemuBuild() },
     machine,
     accel,
     cpu: await cpuIdentity(accel),
@@ -194,7 +172,7 @@ export class TemplateCache {
   readonly dir: string;
   readonly log: Logger;
 
-  constructor(log: Logger, dir = guestlabPaths().templatesDir) {
+  constructor(log: Logger = rootLog, dir = guestlabPaths().templatesDir) {
     this.dir = dir;
     this.log = log;
   }

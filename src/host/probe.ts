@@ -1,4 +1,5 @@
 // Facts about this host that decide how guests run: tools, KVM, cores, memory, disk.
+import { createHash } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -133,6 +134,21 @@ export function probeQemu(): Promise<Pick<HostFacts, 'qemu' | 'q35Machine'>> {
 
 export function probeQemuImg(): Promise<ToolInfo> {
   return once('qemu-img', () => tool('qemu-img', ['--version'], versionNumber));
+}
+
+/**
+ * The identity of the QEMU binary: its resolved path, inode, size and modification time, digested
+ * (reading the whole binary would cost every process ~0.1 s). A reinstalled or upgraded QEMU is
+ * another build: templates saved by one are not restored by the other.
+ */
+export function probeQemuBuild(): Promise<string> {
+  return once('qemu-build', async () => {
+    const { qemu } = await probeQemu();
+    if (!qemu.path) throw new HostRequirementError(`${qemu.name} not found (needed to run guests); ${APT_HINT} ${DEBIAN_PACKAGES.qemu}`);
+    const real = await fs.realpath(qemu.path);
+    const stat = await fs.stat(real);
+    return createHash('sha256').update(`${real}\n${stat.ino}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
+  });
 }
 
 export function probeSetpriv(): Promise<ToolInfo> {

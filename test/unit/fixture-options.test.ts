@@ -15,7 +15,7 @@ describe('guestFixture', () => {
     [['../fixtures/web'], /^Invalid `spec` "\.\.\/fixtures\/web" \(string\): name a spec file fixtures\/NAME\.yaml by its NAME/],
     [[''], /^Expected `spec` to be a non-empty string, got "" \(string\)$/],
     [[{ image }, 'file'], /^Expected the options of guestFixture\(\) to be an object such as \{ scope: 'file' \}, got "file" \(string\)$/],
-    [[{ image }, { scop: 'file' }], /^Unknown guestFixture\(\) option `scop`; known options: scope, clone$/],
+    [[{ image }, { scop: 'file' }], /^Unknown guestFixture\(\) option `scop`; known options: scope, clone, template$/],
     [[{ image }, { scope: 'suite' }], /^Expected `scope` to be one of 'test', 'file', 'worker', got "suite" \(string\)$/],
     [[{ image }, { clone: 'yes' }], /^Expected `clone` to be true or false, got "yes" \(string\)$/],
   ])('%j is refused at declaration with the option and the fix', (args, message) => {
