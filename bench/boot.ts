@@ -91,14 +91,15 @@ async function commandCosts(guest: StartedGuest) {
 
 async function runGuestlab() {
   const t0 = performance.now();
-  const guest = await startGuest({ image: values.image, cpus, memoryMiB });
+  // Cold boots: the template cache would make these restores (bench/templates.ts times those).
+  const guest = await startGuest({ image: values.image, cpus, memoryMiB }, { template: false });
   await guest.succeed(['true']);
   const firstCommandMs = performance.now() - t0;
   const costs = await commandCosts(guest);
   const [, teardownMs] = await timed(() => guest.stop());
   // The same boot with cloud-init running (an empty cloudConfig still hands it the seed).
   const t1 = performance.now();
-  const withCloudInit = await startGuest({ image: values.image, cpus, memoryMiB, cloudConfig: {} });
+  const withCloudInit = await startGuest({ image: values.image, cpus, memoryMiB, cloudConfig: {} }, { template: false });
   await withCloudInit.succeed(['true']);
   const cloudInitFirstCommandMs = performance.now() - t1;
   await withCloudInit.stop();
@@ -129,7 +130,7 @@ async function runSuites() {
     await guest.succeed(['true']);
     await guest.stop();
   };
-  const [, freshMs] = await timed(() => Promise.all(Array.from({ length: suiteSize }, async () => one(await startGuest({ image: values.image, cpus: 1, memoryMiB })))));
+  const [, freshMs] = await timed(() => Promise.all(Array.from({ length: suiteSize }, async () => one(await startGuest({ image: values.image, cpus: 1, memoryMiB }, { template: false })))));
   const [, clonedMs] = await timed(async () => {
     const template = await createTemplate({ image: values.image, cpus: 1, memoryMiB, name: 'bench-suite' });
     try {

@@ -8,6 +8,8 @@ export interface GuestEvidence {
   guest: string;
   image: string;
   accel: string;
+  /** How the guest came up: "booted", "restored from template cache <key>" (and whether this start built it), "cloned from template <id>". */
+  origin: string;
   /** Last lines of the serial console (read on the host, works even when SSH does not). */
   console: string;
   /** Last lines of /var/log/cloud-init-output.log. */
@@ -22,7 +24,8 @@ export interface EvidenceSource {
   readonly accel: string;
   readonly stopped: boolean;
   /** `skipped`: cloud-init did not run on this boot, so it has no output to show. */
-  readonly timings: { cloudInit?: 'ran' | 'skipped' | undefined };
+  readonly timings: { cloudInit?: 'ran' | 'skipped' | undefined; template?: { key: string; built: boolean } | undefined };
+  readonly clonedFrom?: string | undefined;
   consoleLog(): Promise<string>;
   exec(argv: string[], options?: ExecOptions): Promise<ExecResult>;
 }
@@ -51,16 +54,24 @@ export async function collectEvidence(guest: EvidenceSource): Promise<GuestEvide
     guest: guest.name,
     image: guest.image,
     accel: guest.accel,
+    origin: guestOrigin(guest),
     console: tailLines(consoleText, EVIDENCE_LINES.console) || '(empty)',
     cloudInit,
     journal,
   };
 }
 
+/** How a guest came up, in words: what evidence and test reports say. */
+export function guestOrigin(guest: Pick<EvidenceSource, 'timings' | 'clonedFrom'>): string {
+  const { template } = guest.timings;
+  if (template) return `restored from template cache ${template.key}${template.built ? ' (built by this start: cold boot, then saved)' : ''}`;
+  return guest.clonedFrom ? `cloned from template ${guest.clonedFrom}` : 'booted';
+}
+
 /** The evidence as one text block, sections headed the way they appear in reports. */
 export function formatEvidence(evidence: GuestEvidence): string {
   return [
-    `guest ${evidence.guest} (${evidence.image}, ${evidence.accel})`,
+    `guest ${evidence.guest} (${evidence.image}, ${evidence.accel}, ${evidence.origin})`,
     `--- serial console (last ${EVIDENCE_LINES.console} lines) ---`,
     evidence.console,
     `--- /var/log/cloud-init-output.log (last ${EVIDENCE_LINES.cloudInit} lines) ---`,

@@ -6,13 +6,13 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { TestAttachment, TestContext } from 'vitest';
 import { readEnv } from '../env.ts';
-import { formatEvidence, type GuestEvidence } from '../guest/evidence.ts';
+import { formatEvidence, guestOrigin, type GuestEvidence } from '../guest/evidence.ts';
 import type { StartedGuest } from '../guest/started-guest.ts';
 import { log } from '../log.ts';
 
 /** What guestlab records in `task.meta.guestlab` of a test that used a guest (JSON reporter). */
 export interface GuestTestMeta {
-  guests: { name: string; image: string; accel: string; bootMs: number; instanceId: string; clonedFrom?: string; evidence?: GuestEvidence; kept?: string }[];
+  guests: { name: string; image: string; accel: string; bootMs: number; instanceId: string; clonedFrom?: string; template?: { key: string; built: boolean }; evidence?: GuestEvidence; kept?: string }[];
 }
 
 export type ReportContext = Pick<TestContext, 'task' | 'annotate'>;
@@ -26,8 +26,8 @@ export async function recordGuest(guest: StartedGuest, context: ReportContext): 
   const meta = context.task.meta as { guestlab?: GuestTestMeta };
   meta.guestlab ??= { guests: [] };
   if (meta.guestlab.guests.some((g) => g.instanceId === guest.instanceId)) return;
-  meta.guestlab.guests.push({ name: guest.name, image: guest.image, accel: guest.accel, bootMs: guest.timings.cloudInitDoneMs, instanceId: guest.instanceId, ...(guest.clonedFrom ? { clonedFrom: guest.clonedFrom } : {}) });
-  const how = guest.clonedFrom ? `cloned from template ${guest.clonedFrom}` : 'booted';
+  meta.guestlab.guests.push({ name: guest.name, image: guest.image, accel: guest.accel, bootMs: guest.timings.cloudInitDoneMs, instanceId: guest.instanceId, ...(guest.clonedFrom ? { clonedFrom: guest.clonedFrom } : {}), ...(guest.timings.template ? { template: guest.timings.template } : {}) });
+  const how = guestOrigin(guest);
   const message = `guest ${guest.name}: ${guest.image} on ${guest.accel}, ${how}, ready ${(guest.timings.cloudInitDoneMs / 1000).toFixed(1)}s after start (instance ${guest.instanceId})`;
   await annotateAfterResult(context, message, 'guestlab:guest');
 }
