@@ -54,6 +54,7 @@ export {
   ImageBuildError,
   ImageCorruptError,
   ImageArchiveError,
+  TemplateArchiveError,
   DownloadError,
   QemuError,
   BootTimeoutError,

@@ -1,6 +1,7 @@
 // `guestlab template ...`: the template cache (template-cache.ts): list, remove, prune.
 import { GuestTemplate } from '../guest/template.ts';
 import { TemplateCache } from '../guest/template-cache.ts';
+import { exportTemplates, importTemplates } from '../guest/template-archive.ts';
 import { specFrom } from '../guest/start.ts';
 import { command, UsageError, type Command } from './args.ts';
 import { printTable } from './table.ts';
@@ -100,5 +101,38 @@ const build = command(
   },
 );
 
+const exportCommand = command(
+  {
+    name: 'template export',
+    usage: [['template export [KEY...] --output FILE', 'write saved templates (all, or the named ones) into one tar file,\nfor another CI job; its images travel with guestlab image export']],
+    options: { output: { type: 'string', value: 'FILE', example: 'templates.tar', help: 'the tar file to write (replaced whole, never left half-written)' } },
+    args: { min: 0, max: Infinity, what: 'template keys (KEY...), as template ls lists them' },
+    check: ({ positionals, values }) => {
+      if (values.output === undefined) return 'give the file to write, e.g. --output templates.tar';
+      const bad = positionals.find((key) => !KEY.test(key));
+      return bad === undefined ? undefined : `${JSON.stringify(bad)} is not a template key (32 hex digits; see guestlab template ls)`;
+    },
+  },
+  async ({ positionals, values }) => {
+    const { keys, bytes } = await exportTemplates(positionals, String(values.output));
+    console.log(`exported ${keys.length} template(s) to ${values.output} (${mib(bytes)})`);
+    return 0;
+  },
+);
+
+const importCommand = command(
+  {
+    name: 'template import',
+    usage: [['template import FILE', 'unpack an exported file into the template cache, verifying every digest\n(import the images it stands on first)']],
+    options: {},
+    args: { min: 1, max: 1, what: 'one FILE', missing: 'name one archive written by guestlab template export, e.g. guestlab template import templates.tar' },
+  },
+  async ({ positionals }) => {
+    const { templates } = await importTemplates(positionals[0]!);
+    for (const t of templates) console.log(`${t.key}: ${t.outcome}`);
+    return 0;
+  },
+);
+
 /** The `template` subcommands, in the order help lists them. */
-export const template: Command[] = [ls, build, rm, prune];
+export const template: Command[] = [ls, build, exportCommand, importCommand, rm, prune];

@@ -12,6 +12,14 @@ async function qemuImg(args: string[], why: string, signal: AbortSignal | undefi
   return run(tool, args, { signal });
 }
 
+/**
+ * Points a qcow2 overlay at `base` without reading either (rebase -u): for an overlay whose base
+ * moved (a template imported into another cache), the same image at another path.
+ */
+export async function setBackingFile(overlay: string, base: string, signal?: AbortSignal): Promise<void> {
+  await qemuImg(['rebase', '-u', '-f', 'qcow2', '-F', 'qcow2', '-b', path.resolve(base), overlay], 'to move templates between caches', signal);
+}
+
 /** A copy-on-write qcow2 overlay on a read-only qcow2 base. */
 export async function createOverlay(base: string, overlay: string, signal?: AbortSignal): Promise<void> {
   // -F names the backing format explicitly: QEMU refuses to probe it, and probing a raw

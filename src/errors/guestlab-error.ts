@@ -11,6 +11,7 @@ export type GuestlabErrorCode =
   | 'ERR_IMAGE_BUILD'
   | 'ERR_IMAGE_CORRUPT'
   | 'ERR_IMAGE_ARCHIVE'
+  | 'ERR_TEMPLATE_ARCHIVE'
   | 'ERR_QEMU'
   | 'ERR_BOOT_TIMEOUT'
   | 'ERR_HOST_KEY_MISMATCH'

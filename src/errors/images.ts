@@ -62,6 +62,14 @@ export class ImageArchiveError extends GuestlabError {
   }
 }
 
+/** A template archive (guestlab template export/import) is unreadable, unsafe, does not verify, or its image is missing. */
+export class TemplateArchiveError extends GuestlabError {
+  override name = 'TemplateArchiveError';
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { ...options, code: 'ERR_TEMPLATE_ARCHIVE' });
+  }
+}
+
 /** A download failed (wrong digest, truncated body, dropped connection) and left no file; `url` names it. */
 export class DownloadError extends GuestlabError {
   override name = 'DownloadError';

@@ -31,7 +31,7 @@ import type { TemplateBase } from './launch/clone.ts';
 import type { ResolvedSpec } from './spec.ts';
 
 /** Bumped whenever what a template holds, or how a clone is started from it, changes shape. */
-export const TEMPLATE_FORMAT = 1;
+export const TEMPLATE_FORMAT = 2;
 
 const MANIFEST = 'manifest.json';
 const BUILDING = '.building';
@@ -63,6 +63,8 @@ export interface TemplateManifest {
   createdAt: string;
   /** The guest's hostname in the saved state (the spec name it was built with). */
   hostname: string;
+  /** The image directory the frozen overlay (and a direct kernel boot) stands on; an import moves it. */
+  imageDir: string;
   bootTimeoutMs: number;
   /** How the template was made (template.ts TemplateTimings). */
   timings: { bootMs: number; saveMs: number; stateBytes: number };

@@ -196,6 +196,7 @@ export class GuestTemplate implements AsyncDisposable {
           instance,
           manifest: {
             hostname: spec.name,
+            imageDir: image.dir,
             bootTimeoutMs: made.origin.bootTimeoutMs,
             timings: { bootMs: boot.cloudInitDoneMs, saveMs: made.timings.saveMs, stateBytes: made.timings.stateBytes },
             base,

@@ -137,9 +137,10 @@ export function probeQemuImg(): Promise<ToolInfo> {
 }
 
 /**
- * The identity of the QEMU binary: its resolved path, inode, size and modification time, digested
- * (reading the whole binary would cost every process ~0.1 s). A reinstalled or upgraded QEMU is
- * another build: templates saved by one are not restored by the other.
+ * The identity of the QEMU binary: its resolved path, size and modification time, digested (reading
+ * the whole binary would cost every process ~0.1 s). An upgraded or rebuilt QEMU is another build:
+ * templates saved by one are not restored by the other. The same package installed on two CI
+ * runners is the same build (dpkg keeps the files' times), so templates can travel between them.
  */
 export function probeQemuBuild(): Promise<string> {
   return once('qemu-build', async () => {
@@ -147,7 +148,7 @@ export function probeQemuBuild(): Promise<string> {
     if (!qemu.path) throw new HostRequirementError(`${qemu.name} not found (needed to run guests); ${APT_HINT} ${DEBIAN_PACKAGES.qemu}`);
     const real = await fs.realpath(qemu.path);
     const stat = await fs.stat(real);
-    return createHash('sha256').update(`${real}\n${stat.ino}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
+    return createHash('sha256').update(`${real}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
   });
 }
 

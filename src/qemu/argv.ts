@@ -164,6 +164,10 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     ]),
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',
     '-device', 'virtio-rng-pci,rng=rng0',
+    // A VM generation ID (ACPI, not PCI) that QEMU makes anew at every start, a restore included:
+    // the guest kernel's vmgenid driver reseeds its RNG when it changes, so clones of one saved
+    // state never share random numbers, even before guestlab's own reseed.
+    '-device', 'vmgenid,guid=auto',
     ...(config.agentSocket
       ? [
           '-device', 'virtio-serial-pci,id=vser0,max_ports=2',

@@ -99,6 +99,7 @@ describe('buildQemuArgv: SCSI disks for mounts', () => {
       'virtio-blk-pci,drive=seed0',
       'virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56',
       'virtio-rng-pci,rng=rng0',
+      'vmgenid,guid=auto',
       'virtio-scsi-pci,id=scsi0',
     ]);
     expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', localPort: 1, remotePort: 2 }] }), '-device').at(-1)).toBe('virtio-scsi-pci,id=scsi0');

@@ -123,6 +123,7 @@ describe('cache entries', () => {
       instance,
       manifest: {
         hostname: 'tpl',
+        imageDir: '/images/debian-12-0123456789abcdef',
         bootTimeoutMs: 600_000,
         timings: { bootMs: 1, saveMs: 1, stateBytes: 5 },
         base: { hostPublicKey: 'ssh-ed25519 AAAA', hostname: 'tpl', kernel: undefined, seed: instance.file('seed'), fwCfg: undefined, cloudInit: 'ran' as const, uefi: undefined, resumeWaiter: false },
