@@ -128,6 +128,7 @@ async function bootTemplate(spec: ResolvedSpec, options: StartOptions, instances
     cloudInit: state.cloudInit,
     uefi: media.uefi,
     resumeWaiter: saved.resumeWaiter,
+    agentInstalled: state.agentInSeed === true && state.resources.agent !== undefined,
   };
   const origin = { spec, log: state.log, accel: need(state.accel, 'accelerator'), machine: need(state.machine, 'machine'), bootTimeoutMs: need(state.bootTimeoutMs, 'boot timeout') };
   return { origin, base, timings: { boot, saveMs: saved.saveMs, stateBytes } };

@@ -5,6 +5,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
+import { guestlabPaths } from '../config.ts';
 import { HostRequirementError } from '../errors.ts';
 import { assessKvm, parseCpuFlags, parseKvmModules, type DevKvmState, type KvmAssessment } from './kvm.ts';
 
@@ -120,16 +121,40 @@ function once<T>(name: string, probe: () => Promise<T>): Promise<T> {
   return found;
 }
 
-/** QEMU and the versioned machine type its q35 alias stands for. */
+/**
+ * QEMU and the versioned machine type its q35 alias stands for. Running QEMU twice to learn them
+ * costs every process ~0.1 s, most of a restore's budget: the answer is kept in the cache, under the
+ * binary's identity (path, size, time), and asked again only of another build.
+ */
 export function probeQemu(): Promise<Pick<HostFacts, 'qemu' | 'q35Machine'>> {
   return once('qemu', async () => {
     const found = await findExecutable('qemu-system-x86_64');
+    const identity = found && (await binaryIdentity(found).catch(() => undefined));
+    const remembered = identity && path.join(guestlabPaths().cacheDir, 'host', `qemu-${identity}.json`);
+    if (remembered) {
+      const facts = await fs.readFile(remembered, 'utf8').then((text) => JSON.parse(text) as Pick<HostFacts, 'qemu' | 'q35Machine'>, () => undefined);
+      if (facts?.qemu.path === found && facts.qemu.version) return facts;
+    }
     const [qemu, machines] = await Promise.all([
       tool('qemu-system-x86_64', ['--version'], versionNumber),
       found ? execa(found, ['-machine', 'help'], { reject: false, timeout: 10_000 }) : undefined,
     ]);
-    return { qemu, q35Machine: parseMachineAlias(machines?.stdout ?? '', 'q35') ?? 'q35' };
+    const alias = parseMachineAlias(machines?.stdout ?? '', 'q35');
+    const facts = { qemu, q35Machine: alias ?? 'q35' };
+    // Only complete answers are kept: a QEMU that failed to say is asked again next time.
+    if (remembered && qemu.version && alias) {
+      await fs.mkdir(path.dirname(remembered), { recursive: true, mode: 0o700 }).catch(() => undefined);
+      await fs.writeFile(`${remembered}.${process.pid}`, JSON.stringify(facts), { mode: 0o600 }).then(() => fs.rename(`${remembered}.${process.pid}`, remembered)).catch(() => undefined);
+    }
+    return facts;
   });
+}
+
+/** 32 hex digits naming a binary's build: its resolved path, size and modification time. */
+async function binaryIdentity(file: string): Promise<string> {
+  const real = await fs.realpath(file);
+  const stat = await fs.stat(real);
+  return createHash('sha256').update(`${real}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
 }
 
 export function probeQemuImg(): Promise<ToolInfo> {
@@ -146,9 +171,7 @@ export function probeQemuBuild(): Promise<string> {
   return once('qemu-build', async () => {
     const { qemu } = await probeQemu();
     if (!qemu.path) throw new HostRequirementError(`${qemu.name} not found (needed to run guests); ${APT_HINT} ${DEBIAN_PACKAGES.qemu}`);
-    const real = await fs.realpath(qemu.path);
-    const stat = await fs.stat(real);
-    return createHash('sha256').update(`${real}\n${stat.size}\n${stat.mtimeMs}`).digest('hex').slice(0, 32);
+    return binaryIdentity(qemu.path);
   });
 }
 

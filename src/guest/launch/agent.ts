@@ -46,7 +46,7 @@ export const agentConnectStep: LaunchStep = {
   description: 'connect to the guest agent’s socket before the saved state runs, and send the HELLO',
   hint: 'the agent step after the restore reports whether the agent answered',
   async run(state) {
-    if (!need(state.image, 'image').features.includes('agent')) return;
+    if (!hasAgent(state)) return;
     // Awaited here: the connection must be under way before the restore lets the guest run.
     state.agentConnecting = (await openAgent(state, AGENT_WAIT_MS)).client;
     // Taken by the agent step; a launch that fails before it must not leave an unhandled rejection.
@@ -59,10 +59,18 @@ export const agentStep: LaunchStep = {
   description: 'connect to the guest agent on its virtio-serial port (the command channel), on an image with the agent',
   hint: HINT,
   async run(state) {
-    if (!need(state.image, 'image').features.includes('agent')) return;
+    if (!hasAgent(state)) return;
     await connectAgent(state, AGENT_WAIT_MS);
   },
 };
+
+/**
+ * Whether the guest has an agent to connect to before cloud-init's end: its image's own, or, in a
+ * clone, the one cloud-init installed in its template before it was saved.
+ */
+function hasAgent(state: LaunchState): boolean {
+  return need(state.image, 'image').features.includes('agent') || (state.clonedFrom !== undefined && state.agentInSeed === true);
+}
 
 export const installedAgentStep: LaunchStep = {
   name: 'agent-installed',

@@ -81,6 +81,8 @@ export interface TemplateBase {
   readonly uefi: BootMedia['uefi'];
   /** A root process waits in the saved state to fix up each clone (the fast path). */
   readonly resumeWaiter: boolean;
+  /** cloud-init installed the guest agent (an image without one): it runs in the saved state too. */
+  readonly agentInstalled?: boolean | undefined;
 }
 
 /** The clone steps for one template. */
@@ -113,6 +115,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       }
       state.keys = { clientPrivateKey: template.clientPrivateKey, hostPublicKey: template.hostPublicKey };
       state.cloudInit = template.cloudInit;
+      state.agentInSeed = template.agentInstalled === true;
       state.mounts.push(...template.mounts);
       state.media = {
         disk: instance.file('overlay'),
@@ -161,6 +164,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       const options = { timeoutMs: 60_000, ...(state.signal ? { signal: state.signal } : {}) };
       const result = await runOnAgentOrSession(state.resources, 'root', agent && !agent.lost ? argv : ['sudo', '-n', ...argv], options);
       if (result.exitCode !== 0) throw new GuestlabError(`Guest ${name} (clone of ${template.id}) could not take its name (exit code ${result.exitCode}): ${result.stderr.trim()}`);
+      state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
   return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup, hostname];

@@ -74,7 +74,7 @@ export interface LaunchState {
   timings: Partial<BootTimings>;
   /** Whether cloud-init runs on this boot (decided by the seed step; a clone: as its template). */
   cloudInit?: 'ran' | 'skipped';
-  /** The cloud-init seed carries the guest agent for an image without one (the seed step). */
+  /** The cloud-init seed carries the guest agent for an image without one (the seed step; a clone: its template installed it). */
   agentInSeed?: boolean;
   /** Where the instance directory goes (default: the instances directory; a template being cached: the cache's). */
   instancesDir?: string | undefined;
