@@ -308,7 +308,7 @@ export class TemplateCache {
       const dir = this.entryDir(name);
       const stat = await fs.stat(dir).catch(() => undefined);
       if (!stat?.isDirectory()) continue;
-      const manifest = await fs.readFile(path.join(dir, MANIFEST), 'utf8').then((text) => JSON.parse(text) as TemplateManifest, () => undefined);
+      const manifest = await fs.readFile(path.join(dir, MANIFEST), 'utf8').then((text) => JSON.parse(text) as TemplateManifest).catch(() => undefined);
       entries.push({ key: name, manifest, bytes: await diskUse(dir), lastUsed: stat.mtime });
     }
     return entries.sort((a, b) => b.lastUsed.getTime() - a.lastUsed.getTime());

@@ -132,8 +132,8 @@ export function probeQemu(): Promise<Pick<HostFacts, 'qemu' | 'q35Machine'>> {
     const identity = found && (await binaryIdentity(found).catch(() => undefined));
     const remembered = identity && path.join(guestlabPaths().cacheDir, 'host', `qemu-${identity}.json`);
     if (remembered) {
-      const facts = await fs.readFile(remembered, 'utf8').then((text) => JSON.parse(text) as Pick<HostFacts, 'qemu' | 'q35Machine'>, () => undefined);
-      if (facts?.qemu.path === found && facts.qemu.version) return facts;
+      const facts = await fs.readFile(remembered, 'utf8').then((text) => JSON.parse(text) as Pick<HostFacts, 'qemu' | 'q35Machine'>).catch(() => undefined);
+      if (facts?.qemu?.path === found && facts.qemu.version && facts.q35Machine) return facts;
     }
     const [qemu, machines] = await Promise.all([
       tool('qemu-system-x86_64', ['--version'], versionNumber),
