@@ -230,7 +230,7 @@ export class GuestTemplate implements AsyncDisposable {
     return this.#clone(options, performance.now(), undefined);
   }
 
-  #clone(options: StartOptions, t0: number, cache: BootTimings['template']): Promise<StartedGuest> {
+  async #clone(options: StartOptions, t0: number, cache: BootTimings['template']): Promise<StartedGuest> {
     if (this.#released) throw new GuestlabError(`Template ${this.id} was released; create a new one to clone from`);
     const { spec, log, accel, machine, bootTimeoutMs } = this.#origin;
     const state: LaunchState = { ...newLaunchState(spec, log, options.signal), t0 };

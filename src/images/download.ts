@@ -72,7 +72,7 @@ async function expectedDigest(source: DownloadSource, options: PullOptions): Pro
     throw new GuestlabError(`Image ${source.name} has neither a pinned digest nor a checksum file: add \`digest: sha256:...\` or \`checksums: URL\` to its catalog entry.`);
   }
   const record = path.join(options.cacheDir, 'downloads', 'checksums', `${createHash('sha256').update(`${source.checksums}\n${source.url}`).digest('hex')}.json`);
-  const remembered = await fs.readFile(record, 'utf8').then((text) => JSON.parse(text) as Digest, () => undefined);
+  const remembered = await fs.readFile(record, 'utf8').then((text) => JSON.parse(text) as Digest).catch(() => undefined);
   if (remembered && isOffline(options)) return remembered;
   if (isOffline(options) && !isLocal(source.checksums)) throw offlineError(source, `its checksum file ${source.checksums}`);
   const text = await fetchText(source.checksums, options.signal);
