@@ -26,6 +26,7 @@ import { isAlive } from '../host/process-identity.ts';
 import { readOwnerRecord } from '../reaper/sweep.ts';
 import { makePrivateDir } from '../util/fs.ts';
 import { acquireLock } from '../util/lock.ts';
+import { run } from '../util/run.ts';
 import { INSTANCE_FILES, type InstanceDir } from './instance.ts';
 import type { TemplateBase } from './launch/clone.ts';
 import type { ResolvedSpec } from './spec.ts';
@@ -183,7 +184,7 @@ export class TemplateCache {
     return path.join(this.dir, key);
   }
 
-  /** Where a template is built before it is renamed into place; swept when its builder is dead. */
+  /** Where a template is copied before it is renamed into place, when instances live on another filesystem. */
   get buildingDir(): string {
     return path.join(this.dir, BUILDING);
   }
@@ -240,24 +241,25 @@ export class TemplateCache {
 
   /**
    * The entry for `key`, built by `build` when there is none (or none that checks out). One process
-   * builds a key at a time; the others wait for it and then use what it built.
+   * builds a key at a time; the others wait for it and then use what it built. `build` boots and
+   * freezes the template as an instance like any other (in the instances directory, where `guestlab
+   * ps`, `gc` and the sweep see it); its directory then moves into the cache whole.
    */
   async getOrBuild(
     key: string,
     inputs: TemplateKeyInputs,
-    build: (buildingDir: string) => Promise<{ instance: InstanceDir; manifest: Omit<TemplateManifest, 'format' | 'key' | 'inputs' | 'createdAt' | 'files'> }>,
+    build: () => Promise<{ instance: InstanceDir; manifest: Omit<TemplateManifest, 'format' | 'key' | 'inputs' | 'createdAt' | 'files'> }>,
     signal: AbortSignal | undefined,
   ): Promise<{ entry: CachedTemplate; built: boolean }> {
     const found = await this.lookup(key, inputs);
     if (found) return { entry: found, built: false };
     await makePrivateDir(this.dir);
-    await makePrivateDir(this.buildingDir);
     const lock = await acquireLock(`template:${this.entryDir(key)}`, { signal, onWait: () => this.log.info(`waiting for another process that is building template ${key}`) });
     try {
       const meanwhile = await this.lookup(key, inputs);
       if (meanwhile) return { entry: meanwhile, built: false };
       await this.#sweepBuilding();
-      const made = await build(this.buildingDir);
+      const made = await build();
       const files: Record<string, number> = {};
       for (const name of CHECKED_FILES) files[name] = (await fs.stat(made.instance.file(name))).size;
       const manifest: TemplateManifest = {
@@ -269,10 +271,8 @@ export class TemplateCache {
         ...made.manifest,
         base: mapBasePaths(made.manifest.base, (file) => inside(made.instance.dir, file)),
       };
-      await fs.writeFile(made.instance.file('owner'), '', { mode: 0o600 }); // no sweep's business any more
-      await fs.rm(made.instance.file('owner'), { force: true });
       await fs.writeFile(path.join(made.instance.dir, MANIFEST), JSON.stringify(manifest, null, 2) + '\n', { mode: 0o600 });
-      await fs.rename(made.instance.dir, this.entryDir(key));
+      await this.#moveIn(made.instance, key);
       const entry = await this.lookup(key, inputs);
       if (!entry) throw new GuestlabError(`Template ${key} was saved but does not check out (see the warning above)`);
       await this.prune({ keep: key }).catch((error: Error) => this.log.warn(`pruning the template cache failed: ${error.message}`));
@@ -342,7 +342,32 @@ export class TemplateCache {
     return removed;
   }
 
-  /** Templates whose builder died half-way (its owner record names a process that is gone). */
+  /**
+   * Moves a frozen template's instance directory to the entry of `key`: a rename, or where the
+   * instances directory is on another filesystem, a sparse copy into .building/ first (it keeps the
+   * owner record, so that a copy whose process died is swept) and a rename from there. The owner
+   * record goes last: the entry belongs to the cache, not to a process.
+   */
+  async #moveIn(instance: InstanceDir, key: string): Promise<void> {
+    const target = this.entryDir(key);
+    let moved = instance.dir;
+    try {
+      await fs.rename(instance.dir, target);
+      moved = target;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EXDEV') throw error;
+      await makePrivateDir(this.buildingDir);
+      const copy = path.join(this.buildingDir, instance.id);
+      await run('cp', ['-a', '--sparse=always', '--', instance.dir, copy]);
+      await fs.rename(copy, target);
+      await fs.rm(instance.dir, { recursive: true, force: true });
+      moved = target;
+    } finally {
+      await fs.rm(path.join(moved, INSTANCE_FILES.owner), { force: true });
+    }
+  }
+
+  /** Copies into the cache whose process died half-way (their owner record names a process that is gone). */
   async #sweepBuilding(): Promise<void> {
     for (const name of await fs.readdir(this.buildingDir).catch(() => [] as string[])) {
       const dir = path.join(this.buildingDir, name);

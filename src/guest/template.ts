@@ -102,9 +102,9 @@ interface TemplateOrigin {
   bootTimeoutMs: number;
 }
 
-/** A booted and frozen template in `instancesDir` (default: the instances directory). */
-async function bootTemplate(spec: ResolvedSpec, options: StartOptions, instancesDir?: string): Promise<{ origin: TemplateOrigin; base: TemplateBase; timings: TemplateTimings }> {
-  const state = await runBoot(() => ({ ...newLaunchState(spec, rootLog.child(spec.name), options.signal), instancesDir }), TEMPLATE_BOOT);
+/** A booted and frozen template in an instance directory of its own. */
+async function bootTemplate(spec: ResolvedSpec, options: StartOptions): Promise<{ origin: TemplateOrigin; base: TemplateBase; timings: TemplateTimings }> {
+  const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), TEMPLATE_BOOT);
   const boot = timingsOf(state);
   const instance = need(state.instance, 'instance');
   const statePath = instance.file('state');
@@ -187,10 +187,12 @@ export class GuestTemplate implements AsyncDisposable {
     const { entry, built } = await cache.getOrBuild(
       key,
       inputs,
-      async (buildingDir) => {
+      async () => {
         log.info(`building template ${key} of ${spec.image} (the first start of this spec; later ones restore it)`);
-        const made = await bootTemplate(spec, options, buildingDir);
-        unregisterLive(made.base.id); // the cache keeps it, not this process
+        const made = await bootTemplate(spec, options);
+        // From here the cache keeps it, not this process (its directory moves there next; a process
+        // that dies before that leaves an instance directory the sweep removes).
+        unregisterLive(made.base.id);
         const { id: _id, instance, statePath: _state, clientPrivateKey: _key, mounts: _mounts, ...base } = made.base;
         const boot = made.timings.boot;
         return {

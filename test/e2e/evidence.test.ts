@@ -41,7 +41,8 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
     const junit = await fs.readFile(path.join(suite.dir, 'junit.xml'), 'utf8');
     expect(junit).toMatch(/<property name="guestlab:evidence" value="guest evidence evidence[^"]*Failed to start flaky-daemon\.service/);
     // Every guest test also records its guest (image, accelerator, boot time), failed or not.
-    expect(junit).toMatch(/<property name="guestlab:guest" value="guest evidence: debian-12 on (kvm|tcg), booted, ready \d+\.\d+s after start \(instance evidence-[0-9a-f]+\)"/);
+    // The suite's template cache starts empty: its first guest boots and is saved, then restored.
+    expect(junit).toMatch(/<property name="guestlab:guest" value="guest evidence: debian-12 on (kvm|tcg), restored from template cache [0-9a-f]{32} \(built by this start: cold boot, then saved\), ready \d+\.\d+s after start \(instance evidence-[0-9a-f]+\)"/);
     // GUESTLAB_EVIDENCE_DIR: one file per failed test and guest, for CI artifacts.
     const files = await fs.readdir(path.join(suite.dir, 'evidence'));
     expect(files).toEqual([expect.stringMatching(/evidence\.test\.ts.*the_daemon_is_running.*evidence-[0-9a-f]{8}\.txt$/)]);

@@ -8,6 +8,8 @@ export interface Suite {
   dir: string;
   /** A private instances directory: every QEMU of this suite has it in its command line. */
   instancesDir: string;
+  /** A private template cache: the suite's first start of a spec boots (and saves) it, as on a fresh machine. */
+  templatesDir: string;
   budgetDir: string;
   env: Record<string, string>;
   run(args?: string[], env?: Record<string, string>): ResultPromise<{ reject: false; all: true; stripFinalNewline: true }>;
@@ -21,12 +23,14 @@ export async function createSuite(files: Record<string, string>): Promise<Suite>
   const state = await dir({ unsafeCleanup: true, prefix: 'gl-e2e-' });
   const instancesDir = path.join(state.path, 'instances');
   const budgetDir = path.join(state.path, 'budget');
+  const templatesDir = path.join(state.path, 'templates');
   await fs.writeFile(path.join(suiteDir, 'vitest.config.ts'), `export default { test: { include: ['*.test.ts'], testTimeout: 900000, hookTimeout: 900000 } };\n`);
   for (const [name, text] of Object.entries(files)) await fs.writeFile(path.join(suiteDir, name), text);
-  const env = { GUESTLAB_INSTANCES_DIR: instancesDir, GUESTLAB_BUDGET_DIR: budgetDir, NO_COLOR: '1' };
+  const env = { GUESTLAB_INSTANCES_DIR: instancesDir, GUESTLAB_BUDGET_DIR: budgetDir, GUESTLAB_TEMPLATES_DIR: templatesDir, NO_COLOR: '1' };
   return {
     dir: suiteDir,
     instancesDir,
+    templatesDir,
     budgetDir,
     env,
     run: (args = [], extraEnv = {}) =>

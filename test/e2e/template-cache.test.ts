@@ -26,9 +26,9 @@ test('eight files with file-scoped guests of one spec make exactly one cold boot
   }
   const suite = await createSuite(files);
   try {
-    const templatesDir = path.join(path.dirname(suite.instancesDir), 'templates');
+    const { templatesDir } = suite;
     const reportFile = path.join(path.dirname(suite.instancesDir), 'report.json');
-    const run = await suite.run(['--reporter=default', '--reporter=json', `--outputFile.json=${reportFile}`], { GUESTLAB_TEMPLATES_DIR: templatesDir });
+    const run = await suite.run(['--reporter=default', '--reporter=json', `--outputFile.json=${reportFile}`]);
     const output = plain(run.all);
     expect(run.exitCode, output).toBe(0);
     const report = JSON.parse(await fs.readFile(reportFile, 'utf8')) as Report;

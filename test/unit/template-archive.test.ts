@@ -51,8 +51,8 @@ afterEach(async () => {
 
 async function fakeTemplate(imageDir: string): Promise<void> {
   const cache = new TemplateCache(log);
-  await cache.getOrBuild(key, inputs, async (buildingDir) => {
-    const instance = await createInstanceDir(buildingDir, 'tpl');
+  await cache.getOrBuild(key, inputs, async () => {
+    const instance = await createInstanceDir(path.join(root, 'instances'), 'tpl');
     await fs.writeFile(instance.file('state'), 'state');
     await fs.writeFile(instance.file('memory'), Buffer.alloc(1 << 20));
     await createOverlay(path.join(imageDir, 'disk.qcow2'), instance.file('overlay'));

@@ -110,10 +110,10 @@ describe('cache entries', () => {
   });
   afterEach(() => root.cleanup());
 
-  /** A build that writes the files a real template has (small ones). */
-  const fakeBuild = (calls: { n: number }, ramBytes = 4096) => async (buildingDir: string) => {
+  /** A build that writes the files a real template has (small ones), in an instances directory. */
+  const fakeBuild = (calls: { n: number }, ramBytes = 4096, instancesDir = path.join(root.path, 'instances')) => async () => {
     calls.n++;
-    const instance = await createInstanceDir(buildingDir, 'tpl');
+    const instance = await createInstanceDir(instancesDir, 'tpl');
     await fs.writeFile(instance.file('state'), 'state');
     await fs.writeFile(instance.file('memory'), Buffer.alloc(ramBytes, 1));
     await fs.writeFile(instance.file('overlay'), 'overlay');
@@ -141,10 +141,25 @@ describe('cache entries', () => {
     expect(entry.base.seed).toBe(path.join(entry.dir, 'cidata.iso'));
     expect(entry.base.statePath).toBe(path.join(entry.dir, 'vmstate'));
     expect(entry.base.clientPrivateKey).toBe('PRIVATE KEY');
-    expect(await fs.readdir(cache.buildingDir)).toEqual([]);
+    // Moved whole out of the instances directory; the owner record stayed behind with the process.
+    expect(await fs.readdir(path.join(root.path, 'instances'))).toEqual([]);
+    expect(await fs.readdir(entry.dir)).not.toContain('owner.json');
     const again = await cache.getOrBuild(key, inputs, fakeBuild(calls), undefined);
     expect(again.built).toBe(false);
     expect(calls.n).toBe(1);
+  });
+
+  test('instances on another filesystem: the template is copied in (sparse) and its instance directory removed', async () => {
+    const other = await fs.mkdtemp('/dev/shm/guestlab-instances-');
+    try {
+      const { entry } = await cache.getOrBuild(templateCacheKey(inputs), inputs, fakeBuild({ n: 0 }, 1 << 20, other), undefined);
+      expect(await fs.readdir(other)).toEqual([]);
+      expect(await fs.readdir(cache.buildingDir)).toEqual([]);
+      expect((await fs.stat(path.join(entry.dir, 'ram'))).size).toBe(1 << 20);
+      expect(await fs.readdir(entry.dir)).not.toContain('owner.json');
+    } finally {
+      await fs.rm(other, { recursive: true, force: true });
+    }
   });
 
   test('two starts of one key at once: one builds, the other waits and uses what it built', async () => {
@@ -188,7 +203,7 @@ describe('cache entries', () => {
   test('a build that fails leaves nothing under its key, and the next start builds', async () => {
     const key = templateCacheKey(inputs);
     await expect(cache.getOrBuild(key, inputs, async () => { throw new Error('boot failed'); }, undefined)).rejects.toThrow('boot failed');
-    expect(await fs.readdir(cache.dir)).toEqual(['.building']);
+    expect(await fs.readdir(cache.dir)).toEqual([]);
     expect((await cache.getOrBuild(key, inputs, fakeBuild({ n: 0 }), undefined)).built).toBe(true);
   });
 

@@ -52,7 +52,7 @@ export const instanceStep: LaunchStep = {
   description: 'create the private instance directory (0700) that holds the guest’s files',
   hint: 'GUESTLAB_INSTANCES_DIR must be a directory owned by this user; `guestlab gc` removes what dead runs left',
   async run(state) {
-    const instance = await createInstanceDir(state.instancesDir ?? guestlabPaths().instancesDir, state.spec.name);
+    const instance = await createInstanceDir(guestlabPaths().instancesDir, state.spec.name);
     state.instance = instance;
     state.resources.instance = instance;
     registerLive(instance.id, { dir: instance.dir, leaseId: state.resources.lease?.id });

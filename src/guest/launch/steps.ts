@@ -76,8 +76,6 @@ export interface LaunchState {
   cloudInit?: 'ran' | 'skipped';
   /** The cloud-init seed carries the guest agent for an image without one (the seed step; a clone: its template installed it). */
   agentInSeed?: boolean;
-  /** Where the instance directory goes (default: the instances directory; a template being cached: the cache's). */
-  instancesDir?: string | undefined;
   /** The template's id, for a clone. */
   clonedFrom?: string | undefined;
   /** How long each step took, by name. */
