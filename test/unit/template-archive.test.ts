@@ -8,7 +8,8 @@ import { guestlabPaths } from '../../src/config.ts';
 import { createOverlay, diskInfo } from '../../src/disk/qemu-img.ts';
 import { createInstanceDir } from '../../src/guest/instance.ts';
 import { exportTemplates, importTemplates } from '../../src/guest/template-archive.ts';
-import { TemplateCache, templateCacheKey, TEMPLATE_FORMAT, type TemplateKeyInputs } from '../../src/guest/template-cache.ts';
+import { TemplateCache } from '../../src/guest/template-cache.ts';
+import { templateCacheKey, TEMPLATE_FORMAT, type TemplateKeyInputs } from '../../src/guest/template-key.ts';
 import { createLogger } from '../../src/log.ts';
 import { run } from '../../src/util/run.ts';
 

@@ -6,16 +6,8 @@ import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import { createInstanceDir } from '../../src/guest/instance.ts';
 import { resolveSpec } from '../../src/guest/spec.ts';
-import {
-  canonicalJson,
-  differingInput,
-  notCacheable,
-  TemplateCache,
-  templateCacheKey,
-  templateKeyInputs,
-  TEMPLATE_FORMAT,
-  type TemplateKeyInputs,
-} from '../../src/guest/template-cache.ts';
+import { TemplateCache } from '../../src/guest/template-cache.ts';
+import { canonicalJson, differingInput, notCacheable, templateCacheKey, templateKeyInputs, TEMPLATE_FORMAT, type TemplateKeyInputs } from '../../src/guest/template-key.ts';
 import { createLogger } from '../../src/log.ts';
 import type { BuiltImage } from '../../src/images/image-dir.ts';
 
