@@ -191,9 +191,12 @@ export class TemplateCache {
     }
   }
 
-  /** Removes an entry (renamed aside first, so no reader sees half of it), saying why. */
-  async discard(key: string, why: string): Promise<void> {
-    this.log.warn(`template ${key} discarded: ${why}; the guest boots cold and a new template is saved`);
+  /**
+   * Removes an entry (renamed aside first, so no reader sees half of it), saying why and what
+   * happens instead (by default: the start goes on to build a new one).
+   */
+  async discard(key: string, why: string, instead = 'the guest boots cold and a new template is saved'): Promise<void> {
+    this.log.warn(`template ${key} discarded: ${why}; ${instead}`);
     await this.remove(key);
   }
 

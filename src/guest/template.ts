@@ -261,7 +261,7 @@ export class GuestTemplate implements AsyncDisposable {
     } catch (error) {
       const step = (error as { step?: FailedStep }).step?.name;
       if (options.signal?.aborted || !step || !RESTORE_STEPS.has(step)) throw error;
-      await new TemplateCache(template.#origin.log).discard(key, `a guest restored from it failed in step ${step}: ${(error as Error).message.split('\n')[0]}`);
+      await new TemplateCache(template.#origin.log).discard(key, `a guest restored from it failed in step ${step}: ${(error as Error).message.split('\n')[0]}`, 'the guest boots cold, and the next start of the spec saves a new template');
       return undefined;
     }
   }
