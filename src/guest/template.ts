@@ -24,7 +24,7 @@ import { notCacheable, templateCacheKey, templateKeyInputs } from './template-ke
 import type { BootTimings } from './types.ts';
 import { chooseAccel } from './accel.ts';
 import { probeKvmOnce, probeQemu } from '../host/probe.ts';
-import { ensureImage } from '../images/builder.ts';
+import { ensureImage, type BuiltImage } from '../images/builder.ts';
 import type { Logger } from '../log.ts';
 import type { Accel } from '../qemu/argv.ts';
 import { sweepOnce } from '../reaper/sweep.ts';
@@ -171,7 +171,7 @@ export class GuestTemplate implements AsyncDisposable {
    * `anyName`: the spec did not ask for a name, so its clones take the template's; otherwise each
    * clone is renamed to the spec's name. Undefined when the spec cannot use the cache (`why`).
    */
-  static async fromCache(spec: ResolvedSpec, anyName: boolean, options: StartOptions = {}): Promise<{ template: GuestTemplate; built: boolean } | undefined> {
+  static async fromCache(spec: ResolvedSpec, anyName: boolean, options: StartOptions = {}): Promise<{ template: GuestTemplate; built: boolean; image: BuiltImage } | undefined> {
     const why = notCacheable(spec, options.template);
     if (why) {
       rootLog.child(spec.name).debug(`not using the template cache: ${why}`);
@@ -217,7 +217,7 @@ export class GuestTemplate implements AsyncDisposable {
       saveMs: manifest.timings.saveMs,
       stateBytes: manifest.timings.stateBytes,
     };
-    return { template: new GuestTemplate(origin, entry.base, timings, key), built };
+    return { template: new GuestTemplate(origin, entry.base, timings, key), built, image };
   }
 
   get released(): boolean {
@@ -233,7 +233,8 @@ export class GuestTemplate implements AsyncDisposable {
     return this.#clone(options, performance.now(), undefined);
   }
 
-  async #clone(options: StartOptions, t0: number, cache: BootTimings['template']): Promise<StartedGuest> {
+  /** `image`: the template's image as this start just checked it (the clone's image step then has nothing to do). */
+  async #clone(options: StartOptions, t0: number, cache: BootTimings['template'], image?: BuiltImage): Promise<StartedGuest> {
     if (this.#released) throw new GuestlabError(`Template ${this.id} was released; create a new one to clone from`);
     const { spec, log, accel, machine, bootTimeoutMs } = this.#origin;
     const state: LaunchState = { ...newLaunchState(spec, log, options.signal), t0 };
@@ -242,6 +243,7 @@ export class GuestTemplate implements AsyncDisposable {
     state.bootTimeoutMs = bootTimeoutMs;
     state.clonedFrom = this.id;
     if (cache) state.timings.template = cache;
+    if (image) state.image = image;
     return launch(state, cloneSteps(this.#base));
   }
 
@@ -254,10 +256,10 @@ export class GuestTemplate implements AsyncDisposable {
     const t0 = performance.now();
     const found = await GuestTemplate.fromCache(spec, anyName, options);
     if (!found) return undefined;
-    const { template, built } = found;
+    const { template, built, image } = found;
     const key = need(template.cacheKey, 'cache key');
     try {
-      return await template.#clone(options, t0, { key, built });
+      return await template.#clone(options, t0, { key, built }, image);
     } catch (error) {
       const step = (error as { step?: FailedStep }).step?.name;
       if (options.signal?.aborted || !step || !RESTORE_STEPS.has(step)) throw error;
