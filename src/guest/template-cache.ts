@@ -37,8 +37,6 @@ export interface TemplateManifest {
   key: string;
   inputs: TemplateKeyInputs;
   createdAt: string;
-  /** The guest's hostname in the saved state (the spec name it was built with). */
-  hostname: string;
   /** The image directory the frozen overlay (and a direct kernel boot) stands on; an import moves it. */
   imageDir: string;
   bootTimeoutMs: number;

@@ -199,7 +199,6 @@ export class GuestTemplate implements AsyncDisposable {
         return {
           instance,
           manifest: {
-            hostname: spec.name,
             imageDir: image.dir,
             bootTimeoutMs: made.origin.bootTimeoutMs,
             timings: { bootMs: boot.cloudInitDoneMs, saveMs: made.timings.saveMs, stateBytes: made.timings.stateBytes },
@@ -210,7 +209,7 @@ export class GuestTemplate implements AsyncDisposable {
       options.signal,
     );
     const { manifest } = entry;
-    const cloneSpec = anyName ? { ...spec, name: manifest.hostname } : spec;
+    const cloneSpec = anyName ? { ...spec, name: manifest.base.hostname } : spec;
     const origin: TemplateOrigin = { spec: cloneSpec, log: rootLog.child(cloneSpec.name), accel, machine: host.q35Machine, bootTimeoutMs: spec.bootTimeoutMs ?? manifest.bootTimeoutMs };
     const timings: TemplateTimings = {
       boot: { imageReadyMs: 0, qemuStartedMs: 0, sshBannerMs: 0, sshReadyMs: 0, cloudInitDoneMs: manifest.timings.bootMs },

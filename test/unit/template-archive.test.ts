@@ -61,7 +61,6 @@ async function fakeTemplate(imageDir: string): Promise<void> {
     return {
       instance,
       manifest: {
-        hostname: 'tpl',
         imageDir,
         bootTimeoutMs: 600_000,
         timings: { bootMs: 1, saveMs: 1, stateBytes: 5 },

@@ -114,7 +114,6 @@ describe('cache entries', () => {
     return {
       instance,
       manifest: {
-        hostname: 'tpl',
         imageDir: '/images/debian-12-0123456789abcdef',
         bootTimeoutMs: 600_000,
         timings: { bootMs: 1, saveMs: 1, stateBytes: 5 },
