@@ -3,7 +3,7 @@
 // Clones of a template (template.ts) run the steps in launch/clone.ts.
 import { log as rootLog } from '../log.ts';
 import { FRESH_BOOT } from './launch/boot.ts';
-import { guestOf } from './launch/launch.ts';
+import { joinedGuestOf } from './launch/launch.ts';
 import { newLaunchState, runBoot } from './launch/steps.ts';
 import { loadFixture, type GuestSpec, type ResolvedSpec } from './spec.ts';
 import { specFrom, type StartOptions } from './start-options.ts';
@@ -15,8 +15,8 @@ export { specFrom, type StartOptions };
 /**
  * Start a guest and return it once SSH works and cloud-init is done. A string names
  * fixtures/NAME.yaml. The guest is restored from the template cache when it holds the spec's
- * template (built by the first start of the spec); `{ template: false }`, GUESTLAB_TEMPLATES=0,
- * private networks and host directory mounts boot cold.
+ * template (built by the first start of the spec, without its private networks: a restored guest
+ * joins them); `{ template: false }`, GUESTLAB_TEMPLATES=0 and host directory mounts boot cold.
  */
 export async function startGuest(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<StartedGuest> {
   const raw = typeof specOrFixture === 'string' ? await loadFixture(specOrFixture) : specOrFixture;
@@ -27,8 +27,5 @@ export async function startGuest(specOrFixture: GuestSpec | string, options: Sta
 /** A cold boot of the spec, nothing restored. */
 export async function bootFresh(spec: ResolvedSpec, options: StartOptions = {}): Promise<StartedGuest> {
   const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), FRESH_BOOT);
-  const guest = guestOf(state);
-  // Now that it answers: every member of its networks (itself included) lists every other by name.
-  for (const network of state.resources.networks ?? []) await network.joined(guest);
-  return guest;
+  return joinedGuestOf(state);
 }

@@ -9,11 +9,11 @@ import { packageRoot } from '../config.ts';
 import { readEnv } from '../env.ts';
 import { probeQemu, probeQemuBuild, type HostFacts } from '../host/probe.ts';
 import type { BuiltImage } from '../images/image-dir.ts';
-import { TCG_CPU_MODEL, type Accel } from '../qemu/argv.ts';
+import { HOTPLUG_PORTS, TCG_CPU_MODEL, type Accel } from '../qemu/argv.ts';
 import type { ResolvedSpec } from './spec.ts';
 
 /** Bumped whenever what a template holds, or how a clone is started from it, changes shape. */
-export const TEMPLATE_FORMAT = 2;
+export const TEMPLATE_FORMAT = 3;
 
 /** Everything that changes what a template holds; its digest is the template's key. */
 export interface TemplateKeyInputs {
@@ -29,14 +29,14 @@ export interface TemplateKeyInputs {
   image: { name: string; hash: string };
   /** The guest agent's source: downloaded images get it through cloud-init. */
   agent: string;
-  /** The spec without its name, its boot timeout and its mounts (a cached spec has none). */
+  /** The spec without its name, its boot timeout, its mounts (a cached spec has none) and its networks (joined after the restore). */
   spec: Omit<ResolvedSpec, 'name' | 'bootTimeoutMs' | 'mounts' | 'networks'>;
 }
 /** Why a spec is not restored from the cache, or undefined when it can be. */
 export function notCacheable(spec: ResolvedSpec, option: boolean | undefined): string | undefined {
   if (option === false) return 'template: false';
   if (readEnv('GUESTLAB_TEMPLATES') === false) return 'GUESTLAB_TEMPLATES=0';
-  if (spec.networks.length) return 'it joins private networks';
+  if (spec.networks.length > HOTPLUG_PORTS) return `it joins ${spec.networks.length} private networks, and a restored guest has ${HOTPLUG_PORTS} hot-plug ports for them`;
   if (spec.mounts?.length) return 'it mounts host directories (their contents are read at boot)';
   return undefined;
 }

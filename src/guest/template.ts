@@ -105,7 +105,9 @@ interface TemplateOrigin {
 
 /** A booted and frozen template in an instance directory of its own. */
 async function bootTemplate(spec: ResolvedSpec, options: StartOptions): Promise<{ origin: TemplateOrigin; base: TemplateBase; timings: TemplateTimings }> {
-  const state = await runBoot(() => newLaunchState(spec, rootLog.child(spec.name), options.signal), TEMPLATE_BOOT);
+  // Booted and saved without the spec's private networks: each clone joins them with an address of
+  // its own after the restore (launch/join-networks.ts).
+  const state = await runBoot(() => newLaunchState({ ...spec, networks: [] }, rootLog.child(spec.name), options.signal), TEMPLATE_BOOT);
   const boot = timingsOf(state);
   const instance = need(state.instance, 'instance');
   const statePath = instance.file('state');
@@ -156,12 +158,11 @@ export class GuestTemplate implements AsyncDisposable {
   }
 
   /**
-   * Boots the spec once, then freezes it. Specs with private networks cannot be templates: every
-   * clone would come up with the template's addresses.
+   * Boots the spec once, then freezes it. The template is saved without the spec's private networks;
+   * each clone joins them after its restore, with an address of its own.
    */
   static async create(specOrFixture: GuestSpec | string, options: StartOptions = {}): Promise<GuestTemplate> {
     const spec = await specFrom(specOrFixture);
-    refuseNetworks(spec);
     const { origin, base, timings } = await bootTemplate(spec, options);
     return new GuestTemplate(origin, base, timings);
   }
@@ -209,7 +210,8 @@ export class GuestTemplate implements AsyncDisposable {
       options.signal,
     );
     const { manifest } = entry;
-    const cloneSpec = anyName ? { ...spec, name: manifest.base.hostname } : spec;
+    // A guest on a network keeps a name of its own: names resolve to addresses there.
+    const cloneSpec = anyName && !spec.networks.length ? { ...spec, name: manifest.base.hostname } : spec;
     const origin: TemplateOrigin = { spec: cloneSpec, log: rootLog.child(cloneSpec.name), accel, machine: host.q35Machine, bootTimeoutMs: spec.bootTimeoutMs ?? manifest.bootTimeoutMs };
     const timings: TemplateTimings = {
       boot: { imageReadyMs: 0, qemuStartedMs: 0, sshBannerMs: 0, sshReadyMs: 0, cloudInitDoneMs: manifest.timings.bootMs },
@@ -284,15 +286,6 @@ export class GuestTemplate implements AsyncDisposable {
 
 /** The clone steps whose failure says the template is bad (rather than the host busy or the run aborted). */
 const RESTORE_STEPS = new Set(['disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup', 'hostname']);
-
-function refuseNetworks(spec: ResolvedSpec): void {
-  if (spec.networks.length) {
-    throw new GuestlabError(
-      `Guest ${spec.name} joins private networks (${spec.networks.map((n) => n.name).join(', ')}), so it cannot be a template: every clone would ` +
-        'come up with the same addresses. Boot such guests fresh (guestFixture option clone: false, or startGuest()).',
-    );
-  }
-}
 
 /** Boots `spec` once and saves it as a template to clone fresh guests from. */
 export function createTemplate(spec: GuestSpec | string, options: StartOptions = {}): Promise<GuestTemplate> {

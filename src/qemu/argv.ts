@@ -121,6 +121,18 @@ export const TCG_CPU_MODEL = 'Westmere-v1';
 /** The guest agent's virtio-serial port: the guest sees it as /dev/virtio-ports/org.guestlab.agent.0. */
 export const AGENT_PORT_NAME = 'org.guestlab.agent.0';
 
+/**
+ * Empty PCIe root ports every guest has, for NICs plugged in after a restore: a guest restored from
+ * the template cache joins its private networks through them (a saved state restores only into the
+ * devices it was saved with, so the slots must be there from the first boot on).
+ */
+export const HOTPLUG_PORTS = 4;
+
+/** The QEMU id of hot-plug root port `i` (0-based). */
+export function hotplugPortId(i: number): string {
+  return `hp${i}`;
+}
+
 /** The MAC of the user-mode NIC (eth0), QEMU's default for a first NIC, set explicitly so network-config can rely on it. */
 export const USER_NIC_MAC = '52:54:00:12:34:56';
 
@@ -178,6 +190,8 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     // Last of the PCI devices, so that the devices before it keep their slots (and the guest its NIC names).
     '-device', `virtio-scsi-pci,id=${SCSI_CONTROLLER_ID}`,
     ...scsiDisksArgs(config.scsiDisks ?? []),
+    // After every other PCI device, for the same reason. Chassis numbers must differ between ports.
+    ...Array.from({ length: HOTPLUG_PORTS }, (_, i) => ['-device', `pcie-root-port,id=${hotplugPortId(i)},bus=pcie.0,chassis=${i + 1}`]).flat(),
     '-chardev', `socket,id=qmp0,path=${optValue(config.qmpSocket)},server=on,wait=off`,
     '-mon', 'chardev=qmp0,mode=control',
     '-chardev', `file,id=serial0,path=${optValue(config.serialLog)}${config.serialAppend ? ',append=on' : ''}`,

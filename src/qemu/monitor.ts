@@ -3,7 +3,7 @@
 import { QemuError } from '../errors.ts';
 import { pollFor, retryUntil } from '../util/retry.ts';
 import { quoteArg } from '../util/shell-quote.ts';
-import { checkScsiDisk, SCSI_CONTROLLER_ID, type ScsiDisk } from './argv.ts';
+import { checkScsiDisk, HOTPLUG_PORTS, hotplugPortId, SCSI_CONTROLLER_ID, type ScsiDisk } from './argv.ts';
 import { parseSnapshots, parseUsernetForwards, type SnapshotInfo, type UsernetForward } from './hmp.ts';
 import { exitedError, type QemuProcess } from './process.ts';
 import { QmpClient, type QmpEvent } from './qmp.ts';
@@ -23,6 +23,18 @@ export type ForwardProtocol = 'tcp' | 'udp';
 /** A disk image to hot-plug read-only (see ScsiDisk); only raw images, never probed. */
 export interface AttachDiskOptions extends ScsiDisk {
   format: 'raw';
+}
+
+/** A NIC to hot-plug onto a private network: a dgram netdev between two UDP ports on 127.0.0.1. */
+export interface AttachNicOptions {
+  /** QEMU id of the netdev; the device is `<id>-nic`. */
+  id: string;
+  mac: string;
+  /** QEMU's side (it binds it) and the switch's side. */
+  localPort: number;
+  remotePort: number;
+  /** Which of the guest's empty root ports (0 to HOTPLUG_PORTS - 1). */
+  slot: number;
 }
 
 /** A block device as QEMU lists it (query-block). */
@@ -150,6 +162,30 @@ export class QemuMonitor {
       await this.#qmp.execute('device_add', { driver: 'scsi-hd', bus: `${SCSI_CONTROLLER_ID}.0`, drive: disk.id, id: disk.id, serial: disk.serial });
     } catch (error) {
       await this.#qmp.execute('blockdev-del', { 'node-name': disk.id }).catch(() => undefined);
+      throw this.#failed(`QEMU could not plug in ${what}`, error);
+    }
+  }
+
+  /**
+   * Hot-plugs a virtio NIC on one of the guest's empty PCIe root ports (see HOTPLUG_PORTS), on a new
+   * dgram netdev. If the device cannot be added, the netdev is removed again. The guest sees a new
+   * interface a moment later (PCIe hotplug); configuring it is the guest's business.
+   */
+  async attachNic(nic: AttachNicOptions): Promise<void> {
+    if (!Number.isInteger(nic.slot) || nic.slot < 0 || nic.slot >= HOTPLUG_PORTS) {
+      throw new TypeError(`Expected \`slot\` of NIC ${nic.id} to be an integer from 0 to ${HOTPLUG_PORTS - 1} (the guest has ${HOTPLUG_PORTS} hot-plug ports), got ${nic.slot}`);
+    }
+    const what = `NIC ${nic.id} (${nic.mac}) of ${this.#label}`;
+    const inet = (port: number) => ({ type: 'inet', host: '127.0.0.1', port: String(port) });
+    try {
+      await this.#qmp.execute('netdev_add', { type: 'dgram', id: nic.id, local: inet(nic.localPort), remote: inet(nic.remotePort) });
+    } catch (error) {
+      throw this.#failed(`QEMU could not open the network port of ${what}`, error);
+    }
+    try {
+      await this.#qmp.execute('device_add', { driver: 'virtio-net-pci', id: `${nic.id}-nic`, netdev: nic.id, mac: nic.mac, bus: hotplugPortId(nic.slot) });
+    } catch (error) {
+      await this.#qmp.execute('netdev_del', { id: nic.id }).catch(() => undefined);
       throw this.#failed(`QEMU could not plug in ${what}`, error);
     }
   }

@@ -41,8 +41,6 @@ export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOpt
     if (!clone) return startGuest(spec, startOptions);
     resolved ??= loadFixture(spec as string).then((raw) => ({ spec: resolveSpec(raw), anyName: raw.name === undefined }));
     const { spec: resolvedSpec, anyName } = await resolved;
-    // Asked for explicitly, a spec on private networks gets GuestTemplate's error; by default it boots fresh.
-    if (!cloneOption && resolvedSpec.networks.length) return startGuest(spec, startOptions);
     template ??= acquireTemplate(resolvedSpec, anyName, templateOption);
     return (await template.template).clone(startOptions);
   };

@@ -3,12 +3,16 @@
 // same subnet on purpose: the third guest then has a route to lan's addresses, so only the
 // separation of the segments keeps it out (and not a missing route that sends it out via eth0).
 // The third guest starts once the client has stopped: two guests at a time fit a 2-core budget.
+// The server and the client are restored from the template cache and join their networks after
+// the restore (NICs hot-plugged, addresses set through the agent); the third boots cold, where its
+// NIC is on QEMU's command line and cloud-init's network-config gives it its address.
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createNetwork, startGuest, type GuestNetwork, type StartedGuest } from '../../src/index.ts';
 
 const SUBNET = '10.77.40.0/24';
 let lan: GuestNetwork;
 let other: GuestNetwork;
+let side: GuestNetwork;
 let server: StartedGuest;
 let client: StartedGuest;
 let outsider: StartedGuest;
@@ -21,8 +25,9 @@ const fetchFrom = (host: string) => ['python3', '-c', 'import sys,urllib.request
 beforeAll(async () => {
   lan = await createNetwork({ name: 'lan', subnet: SUBNET });
   other = await createNetwork({ name: 'other', subnet: SUBNET });
+  side = await createNetwork({ name: 'side', subnet: '10.77.41.0/24' });
   [server, client] = await Promise.all([
-    startGuest({ image: 'debian-12', name: 'server', networks: ['lan'] }),
+    startGuest({ image: 'debian-12', name: 'server', networks: ['lan', 'side'] }),
     startGuest({ image: 'debian-12', name: 'client', networks: [{ name: 'lan', address: '10.77.40.99' }] }),
   ]);
   await server.succeed(SERVE, { sudo: true });
@@ -33,6 +38,7 @@ afterAll(async () => {
   await Promise.all([server, client, outsider].map((g) => g?.stop()));
   lan?.close();
   other?.close();
+  side?.close();
 });
 
 describe('private networks', () => {
@@ -44,6 +50,21 @@ describe('private networks', () => {
     expect((await server.succeed(['getent', 'hosts', 'client'])).split(/\s+/)[0]).toBe('10.77.40.99');
     // eth0 still has user-mode networking (and the default route).
     expect(await client.succeed(['ip', 'route', 'show', 'default'])).toMatch(/via 10\.0\.2\.2 dev eth0/);
+  });
+
+  test('a restored guest joins each of its networks on its own interface, in the order the spec gives', async () => {
+    expect([server.timings.template?.key, client.timings.template?.key]).toEqual([expect.stringMatching(/^[0-9a-f]{32}$/), server.timings.template?.key]);
+    expect(server.networks.map((n) => [n.network, n.interfaceName, n.address])).toEqual([
+      ['lan', 'eth1', lan.addressOf(server)],
+      ['side', 'eth2', side.addressOf(server)],
+    ]);
+    for (const nic of server.networks) {
+      const link = await server.succeed(['ip', '-o', 'link', 'show', 'dev', nic.interfaceName]);
+      expect(link).toContain(`link/ether ${nic.mac}`);
+      expect(link).toMatch(/state UP/);
+    }
+    expect(await server.succeed(['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth2'])).toContain(`inet ${side.addressOf(server)}/24`);
+    expect(side.members.map((m) => m.guestName)).toEqual(['server']);
   });
 
   test('guests on one network reach each other by name', async () => {
@@ -66,7 +87,10 @@ describe('private networks', () => {
   test('a guest on another network (same subnet) neither resolves nor reaches them', async () => {
     await client.stop();
     expect(lan.members.map((m) => m.guestName)).toEqual(['server']);
-    outsider = await startGuest({ image: 'debian-12', name: 'outsider', networks: [{ name: 'other', address: '10.77.40.200' }] });
+    outsider = await startGuest({ image: 'debian-12', name: 'outsider', networks: [{ name: 'other', address: '10.77.40.200' }] }, { template: false });
+    expect(outsider.timings.template).toBeUndefined();
+    expect(outsider.networks).toEqual([{ network: 'other', address: '10.77.40.200', interfaceName: 'eth1', mac: expect.stringMatching(/^52:54:00:/) }]);
+    expect(await outsider.succeed(['ip', '-4', '-o', 'addr', 'show', 'dev', 'eth1'])).toContain('inet 10.77.40.200/24');
     expect((await outsider.exec(['getent', 'hosts', 'server'])).exitCode).not.toBe(0);
     const blocked = await outsider.exec(fetchFrom(lan.addressOf(server)));
     expect(blocked.exitCode).not.toBe(0);

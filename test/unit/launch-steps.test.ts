@@ -137,5 +137,5 @@ test('every step of a fresh boot and of a clone says what it does and where to l
     }
   }
   expect(FRESH_BOOT.map((s) => s.name)).toEqual(['host', 'sweep', 'image', 'disk-space', 'budget', 'instance', 'keys', 'disk', 'networks', 'seed', 'mount-images', 'qemu', 'monitor', 'ssh-forward', 'ssh-banner', 'ssh-auth', 'agent', 'cloud-init', 'agent-installed', 'mounts']);
-  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup', 'hostname']);
+  expect(clone.map((s) => s.name)).toEqual(['image', 'disk-space', 'budget', 'instance', 'disk', 'qemu', 'monitor', 'agent-connect', 'restore', 'ssh-forward', 'agent', 'ssh-banner', 'ssh-auth', 'fixup', 'hostname', 'join-networks']);
 });

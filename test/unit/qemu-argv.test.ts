@@ -1,5 +1,5 @@
 import { describe, expect, test } from 'vitest';
-import { buildQemuArgv, type QemuConfig } from '../../src/qemu/argv.ts';
+import { buildQemuArgv, HOTPLUG_PORTS, type QemuConfig } from '../../src/qemu/argv.ts';
 import { parseUsernetForward } from '../../src/qemu/hmp.ts';
 
 const base: QemuConfig = {
@@ -92,7 +92,9 @@ describe('buildQemuArgv', () => {
 });
 
 describe('buildQemuArgv: SCSI disks for mounts', () => {
-  test('every guest has the virtio-scsi controller, as the last PCI device: the devices before it keep their slots', () => {
+  test('every guest has the virtio-scsi controller, then its empty hot-plug ports, as the last PCI devices: the devices before them keep their slots', () => {
+    const ports = ['pcie-root-port,id=hp0,bus=pcie.0,chassis=1', 'pcie-root-port,id=hp1,bus=pcie.0,chassis=2', 'pcie-root-port,id=hp2,bus=pcie.0,chassis=3', 'pcie-root-port,id=hp3,bus=pcie.0,chassis=4'];
+    expect(ports).toHaveLength(HOTPLUG_PORTS);
     const devices = option(buildQemuArgv(base), '-device');
     expect(devices).toEqual([
       'virtio-blk-pci,drive=disk0',
@@ -101,8 +103,9 @@ describe('buildQemuArgv: SCSI disks for mounts', () => {
       'virtio-rng-pci,rng=rng0',
       'vmgenid,guid=auto',
       'virtio-scsi-pci,id=scsi0',
+      ...ports,
     ]);
-    expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', localPort: 1, remotePort: 2 }] }), '-device').at(-1)).toBe('virtio-scsi-pci,id=scsi0');
+    expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', localPort: 1, remotePort: 2 }] }), '-device').slice(-5)).toEqual(['virtio-scsi-pci,id=scsi0', ...ports]);
     expect(option(buildQemuArgv(base), '-blockdev')).toEqual([]);
   });
 
@@ -112,7 +115,7 @@ describe('buildQemuArgv: SCSI disks for mounts', () => {
       'driver=raw,node-name=glmnt0,read-only=on,file.driver=file,file.filename=/inst/glmnt0.img,file.read-only=on',
       'driver=raw,node-name=glmnt1,read-only=on,file.driver=file,file.filename=/inst/a,,b.img,file.read-only=on',
     ]);
-    expect(option(argv, '-device').slice(-3)).toEqual([
+    expect(option(argv, '-device').slice(-3 - HOTPLUG_PORTS, -HOTPLUG_PORTS)).toEqual([
       'virtio-scsi-pci,id=scsi0',
       'scsi-hd,bus=scsi0.0,drive=glmnt0,id=glmnt0,serial=glmnt0',
       'scsi-hd,bus=scsi0.0,drive=glmnt1,id=glmnt1,serial=glmnt1',

@@ -10,6 +10,7 @@ import { TemplateCache } from '../../src/guest/template-cache.ts';
 import { canonicalJson, differingInput, notCacheable, templateCacheKey, templateKeyInputs, TEMPLATE_FORMAT, type TemplateKeyInputs } from '../../src/guest/template-key.ts';
 import { createLogger } from '../../src/log.ts';
 import type { BuiltImage } from '../../src/images/image-dir.ts';
+import { HOTPLUG_PORTS } from '../../src/qemu/argv.ts';
 
 const inputs: TemplateKeyInputs = {
   format: TEMPLATE_FORMAT,
@@ -76,11 +77,13 @@ describe('the template key', () => {
   });
 });
 
-test('specs on private networks, with host mounts, or asked not to, are not cached', () => {
+test('specs on more networks than a guest has hot-plug ports, with host mounts, or asked not to, are not cached', () => {
   const spec = resolveSpec({ image: 'debian-12' });
   expect(notCacheable(spec, undefined)).toBeUndefined();
   expect(notCacheable(spec, false)).toBe('template: false');
-  expect(notCacheable({ ...spec, networks: [{ name: 'lan', address: undefined }] }, undefined)).toMatch(/private networks/);
+  const on = (n: number) => ({ ...spec, networks: Array.from({ length: n }, (_, i) => ({ name: `net${i}`, address: undefined })) });
+  expect(notCacheable(on(HOTPLUG_PORTS), undefined)).toBeUndefined();
+  expect(notCacheable(on(HOTPLUG_PORTS + 1), undefined)).toBe(`it joins ${HOTPLUG_PORTS + 1} private networks, and a restored guest has ${HOTPLUG_PORTS} hot-plug ports for them`);
   expect(notCacheable({ ...spec, mounts: [{ host: '/x', guest: '/y' } as never] }, undefined)).toMatch(/host directories/);
   process.env.GUESTLAB_TEMPLATES = '0';
   try {

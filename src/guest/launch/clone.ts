@@ -16,6 +16,7 @@ import type { GuestMount } from '../mounts.ts';
 import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForwardStep } from './common.ts';
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { agentConnectStep, agentStep } from './agent.ts';
+import { joinNetworksStep } from './join-networks.ts';
 import { runOnAgentOrSession } from '../commands.ts';
 import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
@@ -168,7 +169,7 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
       state.timings.cloudInitDoneMs = sinceStart(state);
     },
   };
-  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup, hostname];
+  return [image, diskSpaceStep, budgetStep, instanceStep, disk, qemuStep, monitorStep, agentConnectStep, restore, sshForwardStep, agentStep, unlessAgent(sshBannerStep), unlessAgent(sshAuthStep), fixup, hostname, joinNetworksStep];
 }
 
 /**

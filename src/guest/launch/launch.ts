@@ -7,7 +7,22 @@ import { need, runSteps, type LaunchState, type LaunchStep } from './steps.ts';
 /** Runs the steps; the guest is up when they are done. On failure everything they made is released. */
 export async function launch(state: LaunchState, steps: readonly LaunchStep[]): Promise<StartedGuest> {
   await runSteps(state, steps);
-  return guestOf(state);
+  return joinedGuestOf(state);
+}
+
+/**
+ * The StartedGuest for a launch whose steps are done, once every member of its networks (itself
+ * included) lists every other by name. A guest whose networks cannot take it is stopped again.
+ */
+export async function joinedGuestOf(state: LaunchState): Promise<StartedGuest> {
+  const guest = guestOf(state);
+  try {
+    for (const network of state.resources.networks ?? []) await network.joined(guest);
+  } catch (error) {
+    await guest.stop().catch((stopError: Error) => state.log.warn(`stopping ${state.spec.name} after its networks failed also failed: ${stopError.message}`));
+    throw error;
+  }
+  return guest;
 }
 
 /** The boot phases of a launch whose steps are done. */
