@@ -11,7 +11,7 @@ import { ensureDownloadedImage } from './import-download.ts';
 
 export { ensureImageFromRecipe, kernelCmdline } from './build-recipe.ts';
 export { entryHash, imageDirName, type EnsureImageOptions } from './cache.ts';
-export { customizeScript, OFFLINE_APT_SOURCE, OFFLINE_REPO_DIR, OFFLINE_REPO_SCRIPT, OFFLINE_SOURCES_FILE } from './customize.ts';
+export { customizeScript, DIVERT_INITRAMFS_HOOK, OFFLINE_APT_SOURCE, OFFLINE_REPO_DIR, OFFLINE_REPO_SCRIPT, OFFLINE_SOURCES_FILE } from './customize.ts';
 export { assembleFirmwareDisk, bootloaderConfigs, type FirmwareDiskParts } from './firmware-disk.ts';
 export { DIGESTED_FILES, FIRMWARE_FILES, IMAGE_FILES, imageFilesOf, readManifest, type BuiltImage, type ImageManifest } from './image-dir.ts';
 export { ensureDownloadedImage } from './import-download.ts';

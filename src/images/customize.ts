@@ -39,9 +39,24 @@ echo '${OFFLINE_APT_SOURCE}' > ${OFFLINE_SOURCES_FILE}
 echo "I: offline apt repository $repo: $(grep -c '^Package:' Packages) packages ($(du -sh . | cut -f 1)) for $*"
 `;
 
+/**
+ * An image booted directly (guestlab's own kernel command line and initramfs) never uses Debian's
+ * initramfs, and making one costs each build tens of seconds of mkinitramfs. mmdebstrap's essential
+ * hook (with the root directory as $1, before the kernel and initramfs-tools are installed) diverts
+ * update-initramfs to a no-op; the customize hook puts the real one back (UNDIVERT_INITRAMFS), so
+ * that a kernel installed later in a guest gets its initramfs as usual.
+ */
+const UPDATE_INITRAMFS = '/usr/sbin/update-initramfs';
+export const DIVERT_INITRAMFS_HOOK = [
+  `chroot "$1" dpkg-divert --quiet --local --rename --divert ${UPDATE_INITRAMFS}.guestlab-build --add ${UPDATE_INITRAMFS}`,
+  `mkdir -p "$1"/usr/sbin && printf '#!/bin/sh\\nexit 0\\n' > "$1"${UPDATE_INITRAMFS} && chmod 0755 "$1"${UPDATE_INITRAMFS}`,
+].join(' && ');
+const UNDIVERT_INITRAMFS = [`rm -f "$root"${UPDATE_INITRAMFS}`, `chroot "$root" dpkg-divert --quiet --local --rename --remove ${UPDATE_INITRAMFS}`];
+
 /** The customize hook mmdebstrap runs with the root directory as $1. */
 export function customizeScript(recipe: ImageRecipe, filesDir: string): string {
   const lines = ['#!/bin/sh', 'set -eu', 'root="$1"'];
+  if (recipe.boot !== 'firmware') lines.push(...UNDIVERT_INITRAMFS);
   const put = (source: string, target: string, mode: number) =>
     lines.push(`install -D -m ${mode.toString(8).padStart(4, '0')} ${quoteArg(source)} "$root"${quoteArg(target)}`);
   put(path.join(filesDir, 'fstab'), '/etc/fstab', 0o644);

@@ -1,8 +1,10 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, test } from 'vitest';
-import { customizeScript, OFFLINE_APT_SOURCE, OFFLINE_REPO_SCRIPT, OFFLINE_SOURCES_FILE } from '../../src/images/builder.ts';
+import { customizeScript, DIVERT_INITRAMFS_HOOK, OFFLINE_APT_SOURCE, OFFLINE_REPO_SCRIPT, OFFLINE_SOURCES_FILE } from '../../src/images/builder.ts';
 import { resolveRecipe } from '../../src/images/catalog.ts';
 import { parseRecipe, recipeContentHash, recipeHash } from '../../src/images/recipe.ts';
 import { initSourceDigestSync } from '../../src/images/initramfs.ts';
@@ -74,6 +76,23 @@ describe('image recipes', () => {
     expect(script).toContain(`install -D -m 0644 /work/files/0 "$root"'/etc/it'\\''s'`);
     expect(script).toContain(`chroot "$root" /bin/sh -ec 'echo '\\''$(x)'\\'''`);
     expect(script).toContain('rm -f "$root"/etc/ssh/ssh_host_*');
+  });
+
+  test('a directly booted image skips Debian’s initramfs while it is built, and gets update-initramfs back in the customize hook', async () => {
+    const root = await fs.mkdtemp(path.join(os.tmpdir(), 'gl-divert-'));
+    try {
+      // The essential hook, with chroot replaced by a printer of its argv, on a scratch root.
+      const out = execFileSync('sh', ['-c', `chroot() { printf '%s\\0' "$@"; }\n${DIVERT_INITRAMFS_HOOK}`, 'sh', root], { encoding: 'utf8' });
+      expect(out.split('\0').slice(0, -1)).toEqual([root, 'dpkg-divert', '--quiet', '--local', '--rename', '--divert', '/usr/sbin/update-initramfs.guestlab-build', '--add', '/usr/sbin/update-initramfs']);
+      const stub = path.join(root, 'usr/sbin/update-initramfs');
+      expect((await fs.stat(stub)).mode & 0o777).toBe(0o755);
+      expect(execFileSync(stub, ['-c', '-k', '6.1.0'], { encoding: 'utf8' })).toBe('');
+    } finally {
+      await fs.rm(root, { recursive: true, force: true });
+    }
+    const kernel = customizeScript(recipe('suite: s\nkernel: k\n'), '/F');
+    expect(kernel).toContain('rm -f "$root"/usr/sbin/update-initramfs\nchroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs');
+    expect(customizeScript(recipe('suite: s\nkernel: k\nboot: firmware\n'), '/F')).not.toContain('update-initramfs');
   });
 
   test('the customize hook builds the offline repository last, with the script and package names as separate words', () => {
