@@ -128,6 +128,12 @@ export async function runOnAgentOrSession(channels: { agent?: AgentClient | unde
   return runCommand(session, argv, options);
 }
 
+/** runOnAgentOrSession as root: the agent runs it as root itself; over SSH it goes through `sudo -n`. */
+export function runAsRootOnAgentOrSession(channels: { agent?: AgentClient | undefined; session?: SshSession | undefined }, argv: string[], options: ExecOptions): Promise<ExecResult> {
+  const { agent } = channels;
+  return runOnAgentOrSession(channels, 'root', agent && !agent.lost ? argv : ['sudo', '-n', ...argv], options);
+}
+
 /** The error for a command that did not end the way succeed() or fail() expected. */
 export function unexpectedOutcome(guest: string, argvOrScript: ArgvOrScript, result: ExecResult, expected?: string): GuestCommandError {
   return new GuestCommandError({

@@ -18,7 +18,7 @@ import { runOnAgentOrSession } from '../commands.ts';
 import { agentForSeed, agentStep, installedAgentStep } from './agent.ts';
 import { mountImagesStep, mountStep } from './mounts.ts';
 import { bootFailure, settle, sshAuthStep, sshBannerStep } from './readiness.ts';
-import { need, sinceStart, type LaunchStep } from './steps.ts';
+import { need, sinceStart, type LaunchState, type LaunchStep } from './steps.ts';
 
 export const hostStep: LaunchStep = {
   name: 'host',
@@ -86,19 +86,22 @@ export const diskStep: LaunchStep = {
   },
 };
 
+/** A port and an address on each private network the spec joins (eth1, eth2, ... in its order), recorded in the launch. */
+export async function attachNetworks(state: LaunchState): Promise<void> {
+  const instance = need(state.instance, 'instance');
+  for (const [i, wanted] of state.spec.networks.entries()) {
+    const network = networkForGuest(wanted.name);
+    const attachment = await network.attach(state.spec.name, instance.id, `eth${i + 1}`, wanted.address);
+    (state.resources.networks ??= []).push(network);
+    state.attachments.push(attachment);
+  }
+}
+
 export const networksStep: LaunchStep = {
   name: 'networks',
   description: 'take a port and an address on each private network the spec joins',
   hint: 'create the network first (createNetwork or networkFixture) and check its subnet has room',
-  async run(state) {
-    const instance = need(state.instance, 'instance');
-    for (const [i, wanted] of state.spec.networks.entries()) {
-      const network = networkForGuest(wanted.name);
-      const attachment = await network.attach(state.spec.name, instance.id, `eth${i + 1}`, wanted.address);
-      (state.resources.networks ??= []).push(network);
-      state.attachments.push(attachment);
-    }
-  },
+  run: attachNetworks,
 };
 
 export const seedStep: LaunchStep = {

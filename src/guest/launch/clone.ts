@@ -17,7 +17,7 @@ import { budgetStep, diskSpaceStep, instanceStep, monitorStep, qemuStep, sshForw
 import { settle, sshAuthStep, sshBannerStep } from './readiness.ts';
 import { agentConnectStep, agentStep } from './agent.ts';
 import { joinNetworksStep } from './join-networks.ts';
-import { runOnAgentOrSession } from '../commands.ts';
+import { runAsRootOnAgentOrSession } from '../commands.ts';
 import { need, sinceStart, type BootMedia, type LaunchState, type LaunchStep } from './steps.ts';
 
 /**
@@ -161,10 +161,8 @@ export function cloneSteps(template: TemplateBase): readonly LaunchStep[] {
     async run(state) {
       const { name } = state.spec;
       if (name === template.hostname) return;
-      const argv = ['sh', '-c', RENAME_SCRIPT, 'sh', template.hostname, name];
-      const { agent } = state.resources;
       const options = { timeoutMs: 60_000, ...(state.signal ? { signal: state.signal } : {}) };
-      const result = await runOnAgentOrSession(state.resources, 'root', agent && !agent.lost ? argv : ['sudo', '-n', ...argv], options);
+      const result = await runAsRootOnAgentOrSession(state.resources, ['sh', '-c', RENAME_SCRIPT, 'sh', template.hostname, name], options);
       if (result.exitCode !== 0) throw new GuestlabError(`Guest ${name} (clone of ${template.id}) could not take its name (exit code ${result.exitCode}): ${result.stderr.trim()}`);
       state.timings.cloudInitDoneMs = sinceStart(state);
     },

@@ -5,9 +5,9 @@
 // with that MAC takes the spec's name (eth1, eth2, ...), its address, and its link. /etc/hosts
 // follows once the guest is up (GuestNetwork.joined, as after a fresh boot).
 import { GuestlabError } from '../../errors.ts';
-import { networkForGuest } from '../../network/network.ts';
 import { HOTPLUG_PORTS } from '../../qemu/argv.ts';
-import { runOnAgentOrSession } from '../commands.ts';
+import { runAsRootOnAgentOrSession } from '../commands.ts';
+import { attachNetworks } from './boot.ts';
 import { need, sinceStart, type LaunchStep } from './steps.ts';
 
 /**
@@ -51,21 +51,16 @@ export const joinNetworksStep: LaunchStep = {
     const wanted = state.spec.networks;
     if (!wanted.length) return;
     if (wanted.length > HOTPLUG_PORTS) throw new GuestlabError(`Guest ${state.spec.name} joins ${wanted.length} networks; a restored guest has ${HOTPLUG_PORTS} hot-plug ports (boot it with { template: false })`);
-    const instance = need(state.instance, 'instance');
     const monitor = need(state.resources.monitor, 'monitor');
+    await attachNetworks(state);
     const triples: string[] = [];
-    for (const [i, spec] of wanted.entries()) {
-      const network = networkForGuest(spec.name);
-      const attachment = await network.attach(state.spec.name, instance.id, `eth${i + 1}`, spec.address);
-      (state.resources.networks ??= []).push(network);
-      state.attachments.push(attachment);
+    for (const [i, attachment] of state.attachments.entries()) {
       await monitor.attachNic({ id: `lan${i}`, mac: attachment.mac, localPort: attachment.qemuPort, remotePort: attachment.switchPort, slot: i });
       triples.push(attachment.mac, attachment.interfaceName, `${attachment.address}/${attachment.prefixLength}`);
     }
     const argv = ['sh', '-c', CONFIGURE_SCRIPT, 'sh', ...triples];
-    const { agent } = state.resources;
     const options = { timeoutMs: 60_000, ...(state.signal ? { signal: state.signal } : {}) };
-    const result = await runOnAgentOrSession(state.resources, 'root', agent && !agent.lost ? argv : ['sudo', '-n', ...argv], options);
+    const result = await runAsRootOnAgentOrSession(state.resources, argv, options);
     if (result.exitCode !== 0) {
       throw new GuestlabError(`Guest ${state.spec.name} could not bring up its interfaces on ${wanted.map((n) => n.name).join(', ')} (exit code ${result.exitCode}): ${result.stderr.trim()}`);
     }
