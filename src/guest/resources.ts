@@ -2,11 +2,11 @@
 // directory, QEMU and its monitor, private-network ports, the SSH session. Each launch step records
 // what it made here before anything can fail, and releaseResources() gives back whatever exists,
 // for a stopped guest and a failed start alike.
-import fs from 'node:fs/promises';
 import type { Lease } from '../budget/leases.ts';
 import type { Logger } from '../log.ts';
 import type { GuestNetwork } from '../network/network.ts';
 import { closeQemu } from '../qemu/close.ts';
+import { removeOwnedDir } from '../reaper/sweep.ts';
 import type { QemuMonitor } from '../qemu/monitor.ts';
 import type { QemuProcess } from '../qemu/process.ts';
 import type { SshSession } from '../ssh/session.ts';
@@ -43,7 +43,7 @@ export async function releaseResources(resources: GuestResources): Promise<void>
   monitor?.close();
   for (const network of resources.networks ?? []) if (instance) network.detach(instance.id);
   if (instance) {
-    await fs.rm(instance.dir, { recursive: true, force: true });
+    await removeOwnedDir(instance.dir);
     unregisterLive(instance.id);
   }
   // Last: the budget frees up only once QEMU is really gone.

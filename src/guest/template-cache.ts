@@ -19,7 +19,7 @@ import { readEnv } from '../env.ts';
 import { GuestlabError } from '../errors.ts';
 import { log as rootLog, type Logger } from '../log.ts';
 import { isAlive } from '../host/process-identity.ts';
-import { readOwnerRecord } from '../reaper/sweep.ts';
+import { readOwnerRecord, removeOwnedDir } from '../reaper/sweep.ts';
 import { makePrivateDir } from '../util/fs.ts';
 import { acquireLock } from '../util/lock.ts';
 import { run } from '../util/run.ts';
@@ -270,7 +270,7 @@ export class TemplateCache {
       const copy = path.join(this.buildingDir, instance.id);
       await run('cp', ['-a', '--sparse=always', '--', instance.dir, copy]);
       await fs.rename(copy, target);
-      await fs.rm(instance.dir, { recursive: true, force: true });
+      await removeOwnedDir(instance.dir);
       moved = target;
     } finally {
       await fs.rm(path.join(moved, INSTANCE_FILES.owner), { force: true });
@@ -283,7 +283,7 @@ export class TemplateCache {
       const dir = path.join(this.buildingDir, name);
       const owner = await readOwnerRecord(dir);
       if (owner && isAlive(owner.owner)) continue;
-      await fs.rm(dir, { recursive: true, force: true });
+      await removeOwnedDir(dir);
       this.log.info(`removed a template build that its process left behind: ${dir}`);
     }
   }

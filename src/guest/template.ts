@@ -27,7 +27,7 @@ import { probeKvmOnce, probeQemu } from '../host/probe.ts';
 import { ensureImage, type BuiltImage } from '../images/builder.ts';
 import type { Logger } from '../log.ts';
 import type { Accel } from '../qemu/argv.ts';
-import { sweepOnce } from '../reaper/sweep.ts';
+import { removeOwnedDir, sweepOnce } from '../reaper/sweep.ts';
 
 /** How the template was made: its boot, and the save of its state. */
 export interface TemplateTimings {
@@ -273,7 +273,7 @@ export class GuestTemplate implements AsyncDisposable {
   release(): Promise<void> {
     this.#released ??= (async () => {
       if (this.cacheKey) return;
-      await fs.rm(this.#base.instance.dir, { recursive: true, force: true });
+      await removeOwnedDir(this.#base.instance.dir);
       unregisterLive(this.id);
     })();
     return this.#released;

@@ -19,6 +19,23 @@ export interface OwnerRecord {
   keptAt?: string;
 }
 
+/**
+ * Removes a directory that carries an owner record, the record last: a removal cut short (its
+ * process killed half-way) leaves either nothing or a directory whose record still names the dead
+ * owner, which the next sweep removes. Removed the other way round, what is left has no record and
+ * looks like a directory being created.
+ */
+export async function removeOwnedDir(dir: string): Promise<void> {
+  const entries = await fs.readdir(dir).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+  if (!entries) return;
+  for (const entry of entries) if (entry !== OWNER_FILE) await fs.rm(path.join(dir, entry), { recursive: true, force: true });
+  await fs.rm(path.join(dir, OWNER_FILE), { force: true });
+  await fs.rm(dir, { recursive: true, force: true });
+}
+
 export async function readOwnerRecord(dir: string): Promise<OwnerRecord | undefined> {
   const text = await fs.readFile(path.join(dir, OWNER_FILE), 'utf8').catch(() => undefined);
   try {
@@ -93,7 +110,7 @@ export async function sweep(options: SweepOptions = {}): Promise<SweepReport> {
       const stat = await fs.stat(dir).catch(() => undefined);
       if (!stat || Date.now() - stat.mtimeMs < 60_000) continue;
     }
-    await fs.rm(dir, { recursive: true, force: true });
+    await removeOwnedDir(dir);
     report.instanceDirs.push(dir);
     log.info(`removed instance directory of a dead session: ${dir}`);
   }

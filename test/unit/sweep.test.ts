@@ -4,10 +4,10 @@ import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { dir } from 'tmp-promise';
-import { afterEach, beforeEach, describe, expect, test } from 'vitest';
+import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { createLogger } from '../../src/log.ts';
 import { currentIdentity, processStartTime } from '../../src/host/process-identity.ts';
-import { OWNER_FILE, parseQemuTag, qemuTag, sweep } from '../../src/reaper/sweep.ts';
+import { OWNER_FILE, parseQemuTag, qemuTag, removeOwnedDir, sweep } from '../../src/reaper/sweep.ts';
 
 const log = createLogger('test', () => undefined);
 
@@ -55,6 +55,29 @@ describe('sweep', () => {
     const report = await sweep({ log, instancesDir: path.join(root, 'instances') });
     expect(report.instanceDirs).toEqual([dead]);
     await expect(fs.stat(mine)).resolves.toBeTruthy();
+  });
+
+  test('a removal cut short leaves the owner record, so the next sweep still removes what is left', async () => {
+    const dir = await instance('dying', currentIdentity());
+    await fs.mkdir(path.join(dir, 'sub'));
+    await fs.writeFile(path.join(dir, 'sub', 'disk.qcow2'), 'x');
+    await fs.writeFile(path.join(dir, 'zz.log'), 'x');
+    // The process dies at the first removal it tries after the overlay's.
+    const realRm = fs.rm;
+    let removed = 0;
+    const rm = vi.spyOn(fs, 'rm').mockImplementation(async (target, options) => {
+      if (removed++ === 1) throw new Error('killed');
+      return realRm(target, options);
+    });
+    try {
+      await expect(removeOwnedDir(dir)).rejects.toThrow('killed');
+    } finally {
+      rm.mockRestore();
+    }
+    await expect(fs.readFile(path.join(dir, OWNER_FILE), 'utf8')).resolves.toContain('dying');
+    await removeOwnedDir(dir);
+    await expect(fs.stat(dir)).rejects.toThrow(/ENOENT/);
+    await expect(removeOwnedDir(dir)).resolves.toBeUndefined();
   });
 
   test('an owner record naming a live, unrelated process (reused pid) is stale, and that process is not signalled', async () => {
