@@ -33,6 +33,14 @@ export const INSTANCE_FILES = {
 /** sun_path is 108 bytes including the terminating NUL. */
 const MAX_SOCKET_PATH = 107;
 
+/**
+ * The unix socket of the guest's NIC on its `index`-th private network (the switch listens there, its
+ * QEMU connects). No longer than agent.sock for the first hundred, so the length check above holds.
+ */
+export function nicSocket(instance: Pick<InstanceDir, 'dir'>, index: number): string {
+  return path.join(instance.dir, `nic${index}.sock`);
+}
+
 export interface InstanceDir {
   id: string;
   dir: string;

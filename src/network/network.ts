@@ -9,7 +9,7 @@
 import { GuestlabError } from '../errors.ts';
 import { expectString } from '../util/validate.ts';
 import { formatIp, memberMac, parseIp, parseSubnet, type Subnet } from './address.ts';
-import { EthernetSwitch, reserveUdpPort } from './switch.ts';
+import { EthernetSwitch } from './switch.ts';
 
 export { formatIp, memberMac, parseSubnet } from './address.ts';
 
@@ -48,9 +48,8 @@ export interface NetworkMember {
 export interface NetworkAttachment extends NetworkMember {
   network: string;
   prefixLength: number;
-  /** QEMU's port (it binds it) and the switch's port (QEMU sends to it), both on 127.0.0.1. */
-  qemuPort: number;
-  switchPort: number;
+  /** The unix socket the switch listens on for this guest's QEMU (a stream netdev connects to it). */
+  socketPath: string;
 }
 
 export const NETWORK_NAME = /^[a-z][a-z0-9-]{0,30}$/;
@@ -121,18 +120,20 @@ export class GuestNetwork {
     registry.delete(this.name);
   }
 
-  /** Called by startGuest before QEMU starts: a port on the switch and an address (holds a reference). */
-  async attach(guestName: string, instanceId: string, interfaceName: string, requested?: string): Promise<NetworkAttachment> {
+  /**
+   * Called by startGuest before the guest's NIC exists: an address, and a port on the switch that
+   * listens on `socketPath` (in the guest's 0700 instance directory) for its QEMU (holds a reference).
+   */
+  async attach(guestName: string, instanceId: string, interfaceName: string, socketPath: string, requested?: string): Promise<NetworkAttachment> {
     this.retain();
     try {
       const address = this.#allocate(guestName, requested);
       let mac = memberMac(this.name, instanceId);
       for (let attempt = 1; [...this.#members.values()].some((m) => m.mac === mac); attempt++) mac = memberMac(this.name, instanceId, attempt);
-      const qemuPort = await reserveUdpPort();
-      const { switchPort } = await this.#switch.addPort(instanceId, qemuPort);
+      await this.#switch.addPort(instanceId, socketPath);
       const member: NetworkMember = { guestName, instanceId, address, mac, interfaceName, connected: true };
       this.#members.set(instanceId, member);
-      return { ...member, network: this.name, prefixLength: this.#subnet.prefixLength, qemuPort, switchPort };
+      return { ...member, network: this.name, prefixLength: this.#subnet.prefixLength, socketPath };
     } catch (error) {
       this.close();
       throw error;

@@ -1,37 +1,38 @@
 // A learning Ethernet switch in this process, for private networks between guests without root on
-// the host. Each guest's extra NIC is a QEMU `dgram` netdev: QEMU sends every frame it transmits as
-// one UDP datagram from its own port on 127.0.0.1 to the switch port assigned to it, and receives
-// the frames the switch forwards the same way back. Frames go to the port that last sent from the
-// destination MAC, or to every other port for broadcast, multicast and unknown destinations.
-// A disconnected port neither sends nor receives: a partition, with the link still up in the guest.
-import dgram from 'node:dgram';
+// the host. Each guest's extra NIC is a QEMU `stream` netdev that connects to a unix socket the
+// switch listens on in the guest's instance directory (0700: only this user's processes reach it,
+// and no guest can, since a guest reaches the host only through TCP and UDP). The switch takes one
+// connection per port, QEMU's, and stops listening: nobody else can join the port later. Frames go
+// both ways as QEMU's stream framing (a 4-byte big-endian length, then the frame), to the port that
+// last sent from the destination MAC, or to every other port for broadcast, multicast and unknown
+// destinations. A disconnected port neither sends nor receives: a partition, with the link still
+// up in the guest.
+import fs from 'node:fs/promises';
+import net from 'node:net';
 import { GuestlabError } from '../errors.ts';
 
-const LOOPBACK = '127.0.0.1';
 /** Smallest valid Ethernet frame without FCS: two MACs and an EtherType. */
 const MIN_FRAME = 14;
+/** Largest frame QEMU sends on a stream netdev (its NET_BUFSIZE); a longer length is a broken peer. */
+const MAX_FRAME = 4096 + 65536;
+/** Frames queued to a port whose QEMU does not read beyond this are dropped, as a full NIC queue would. */
+const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
 
 interface Port {
   id: string;
-  socket: dgram.Socket;
-  /** The switch side, which QEMU sends to. */
-  switchPort: number;
-  /** The QEMU side, which the switch sends to; the only source accepted on this port. */
-  peerPort: number;
+  server: net.Server;
+  path: string;
+  /** QEMU's connection, once it made it. */
+  peer: net.Socket | undefined;
   connected: boolean;
-}
-
-export interface SwitchPortInfo {
-  switchPort: number;
-  peerPort: number;
 }
 
 export interface SwitchStats {
   forwarded: number;
   flooded: number;
-  /** Frames dropped because a port was disconnected. */
+  /** Frames dropped because a port was disconnected or its QEMU did not keep up. */
   dropped: number;
-  /** Datagrams from anyone but the port's QEMU, or too short to be a frame. */
+  /** Malformed input: a frame too short to be Ethernet, or a length no QEMU sends (that connection is closed). */
   rejected: number;
 }
 
@@ -46,23 +47,27 @@ export class EthernetSwitch {
     this.name = name;
   }
 
-  /** Adds a port; `peerPort` is where its QEMU will listen (see reserveUdpPort). */
-  async addPort(id: string, peerPort: number): Promise<SwitchPortInfo> {
+  /**
+   * Adds a port listening on the unix socket `socketPath` (in a directory only this user can enter)
+   * for its QEMU to connect to. The first connection is the port's; the socket is then removed.
+   */
+  async addPort(id: string, socketPath: string): Promise<void> {
     if (this.#closed) throw new GuestlabError(`Network ${this.name} is closed`);
     if (this.#ports.has(id)) throw new GuestlabError(`Network ${this.name} already has a port for ${id}`);
-    const socket = dgram.createSocket('udp4');
+    const server = net.createServer({ pauseOnConnect: false });
+    const port: Port = { id, server, path: socketPath, peer: undefined, connected: true };
+    server.maxConnections = 1;
+    server.on('connection', (socket) => this.#accept(port, socket));
     await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(0, LOOPBACK, () => {
-        socket.off('error', reject);
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
         resolve();
       });
     });
-    socket.on('error', () => undefined); // ICMP unreachable while a guest is not up yet
-    const port: Port = { id, socket, switchPort: socket.address().port, peerPort, connected: true };
-    socket.on('message', (frame, from) => this.#receive(port, frame, from));
+    await fs.chmod(socketPath, 0o600);
+    server.on('error', () => undefined);
     this.#ports.set(id, port);
-    return { switchPort: port.switchPort, peerPort };
   }
 
   removePort(id: string): void {
@@ -70,7 +75,9 @@ export class EthernetSwitch {
     if (!port) return;
     this.#ports.delete(id);
     for (const [mac, owner] of this.#macs) if (owner === port) this.#macs.delete(mac);
-    port.socket.close();
+    port.server.close();
+    port.peer?.destroy();
+    void fs.rm(port.path, { force: true });
   }
 
   setConnected(id: string, connected: boolean): void {
@@ -92,8 +99,38 @@ export class EthernetSwitch {
     for (const id of [...this.#ports.keys()]) this.removePort(id);
   }
 
-  #receive(from: Port, frame: Buffer, rinfo: dgram.RemoteInfo): void {
-    if (rinfo.address !== LOOPBACK || rinfo.port !== from.peerPort || frame.length < MIN_FRAME) {
+  #accept(port: Port, socket: net.Socket): void {
+    if (port.peer || !this.#ports.has(port.id)) {
+      socket.destroy();
+      return;
+    }
+    port.peer = socket;
+    // One peer per port: nobody connects after QEMU.
+    port.server.close();
+    void fs.rm(port.path, { force: true });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      if (port.peer === socket) port.peer = undefined;
+    });
+    let pending: Buffer = Buffer.alloc(0);
+    socket.on('data', (chunk: Buffer) => {
+      pending = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+      while (pending.length >= 4) {
+        const length = pending.readUInt32BE(0);
+        if (length > MAX_FRAME) {
+          this.stats.rejected++;
+          socket.destroy();
+          return;
+        }
+        if (pending.length < 4 + length) break;
+        this.#receive(port, pending.subarray(4, 4 + length));
+        pending = pending.subarray(4 + length);
+      }
+    });
+  }
+
+  #receive(from: Port, frame: Buffer): void {
+    if (frame.length < MIN_FRAME) {
       this.stats.rejected++;
       return;
     }
@@ -125,21 +162,13 @@ export class EthernetSwitch {
   }
 
   #send(port: Port, frame: Buffer): void {
-    port.socket.send(frame, port.peerPort, LOOPBACK);
+    const peer = port.peer;
+    if (!peer || peer.destroyed || peer.writableLength > MAX_QUEUED_BYTES) {
+      this.stats.dropped++;
+      return;
+    }
+    const header = Buffer.allocUnsafe(4);
+    header.writeUInt32BE(frame.length, 0);
+    peer.write(Buffer.concat([header, frame]));
   }
-}
-
-/**
- * A UDP port on 127.0.0.1 that was free a moment ago, for QEMU's side of a dgram netdev (QEMU
- * binds it itself; should another process take it first, QEMU fails to start and says so).
- */
-export async function reserveUdpPort(): Promise<number> {
-  const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve, reject) => {
-    socket.once('error', reject);
-    socket.bind(0, LOOPBACK, () => resolve());
-  });
-  const { port } = socket.address();
-  await new Promise<void>((resolve) => socket.close(() => resolve()));
-  return port;
 }

@@ -53,8 +53,8 @@ export interface QemuConfig {
   memoryFile?: { path: string; shared: boolean } | undefined;
   /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
   sshHostPort: number;
-  /** NICs on private networks: QEMU dgram netdevs between two UDP ports on 127.0.0.1. */
-  extraNics?: { id: string; mac: string; localPort: number; remotePort: number }[];
+  /** NICs on private networks: QEMU stream netdevs that connect to the network switch's unix socket. */
+  extraNics?: { id: string; mac: string; socketPath: string }[];
   /**
    * Read-only raw disks on the SCSI controller (host directories mounted into the guest). `id` names
    * both the block node and the device, so that QemuMonitor.detachDisk() removes boot-time disks too.
@@ -171,7 +171,7 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
     '-device', `virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`,
     ...(config.extraNics ?? []).flatMap((nic) => [
-      '-netdev', `dgram,id=${optValue(nic.id)},local.type=inet,local.host=127.0.0.1,local.port=${nic.localPort},remote.type=inet,remote.host=127.0.0.1,remote.port=${nic.remotePort}`,
+      '-netdev', `stream,id=${optValue(nic.id)},server=off,addr.type=unix,addr.path=${optValue(nic.socketPath)}`,
       '-device', `virtio-net-pci,netdev=${optValue(nic.id)},mac=${optValue(nic.mac)}`,
     ]),
     '-object', 'rng-random,id=rng0,filename=/dev/urandom',

@@ -25,14 +25,13 @@ export interface AttachDiskOptions extends ScsiDisk {
   format: 'raw';
 }
 
-/** A NIC to hot-plug onto a private network: a dgram netdev between two UDP ports on 127.0.0.1. */
+/** A NIC to hot-plug onto a private network: a stream netdev that connects to the switch's unix socket. */
 export interface AttachNicOptions {
   /** QEMU id of the netdev; the device is `<id>-nic`. */
   id: string;
   mac: string;
-  /** QEMU's side (it binds it) and the switch's side. */
-  localPort: number;
-  remotePort: number;
+  /** Where the network's switch listens for this NIC. */
+  socketPath: string;
   /** Which of the guest's empty root ports (0 to HOTPLUG_PORTS - 1). */
   slot: number;
 }
@@ -168,7 +167,7 @@ export class QemuMonitor {
 
   /**
    * Hot-plugs a virtio NIC on one of the guest's empty PCIe root ports (see HOTPLUG_PORTS), on a new
-   * dgram netdev. If the device cannot be added, the netdev is removed again. The guest sees a new
+   * stream netdev connected to the switch. If the device cannot be added, the netdev is removed again. The guest sees a new
    * interface a moment later (PCIe hotplug); configuring it is the guest's business.
    */
   async attachNic(nic: AttachNicOptions): Promise<void> {
@@ -176,9 +175,8 @@ export class QemuMonitor {
       throw new TypeError(`Expected \`slot\` of NIC ${nic.id} to be an integer from 0 to ${HOTPLUG_PORTS - 1} (the guest has ${HOTPLUG_PORTS} hot-plug ports), got ${nic.slot}`);
     }
     const what = `NIC ${nic.id} (${nic.mac}) of ${this.#label}`;
-    const inet = (port: number) => ({ type: 'inet', host: '127.0.0.1', port: String(port) });
     try {
-      await this.#qmp.execute('netdev_add', { type: 'dgram', id: nic.id, local: inet(nic.localPort), remote: inet(nic.remotePort) });
+      await this.#qmp.execute('netdev_add', { type: 'stream', id: nic.id, server: false, addr: { type: 'unix', path: nic.socketPath } });
     } catch (error) {
       throw this.#failed(`QEMU could not open the network port of ${what}`, error);
     }

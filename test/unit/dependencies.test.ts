@@ -42,7 +42,7 @@ const RULES: DependencyRules = {
     ssh: ['ssh2', 'node:net'],
     agent: ['node:net'],
     qemu: ['node:child_process', 'node:net'],
-    network: ['node:dgram'],
+    network: ['node:net'],
     vitest: ['vitest'],
     // guest/files.ts streams directories through tar; cli/ hands the terminal to ssh(1).
     guest: ['node:child_process'],

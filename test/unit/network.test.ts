@@ -1,25 +1,58 @@
-// Private networks without guests: the switch with UDP sockets standing in for QEMU's dgram
-// netdevs, address allocation, and what a guest is given (QEMU argv, network-config, /etc/hosts).
-import dgram from 'node:dgram';
-import { afterEach, describe, expect, test } from 'vitest';
+// Private networks without guests: the switch with unix stream sockets standing in for QEMU's
+// stream netdevs, address allocation, and what a guest is given (QEMU argv, network-config, /etc/hosts).
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { renderNetworkConfig } from '../../src/cloud-init/user-data.ts';
 import { resolveSpec } from '../../src/guest/spec.ts';
 import { createNetwork, memberMac, parseSubnet, type GuestNetwork } from '../../src/network/network.ts';
-import { EthernetSwitch, reserveUdpPort } from '../../src/network/switch.ts';
+import { EthernetSwitch } from '../../src/network/switch.ts';
 import { buildQemuArgv, USER_NIC_MAC } from '../../src/qemu/argv.ts';
 
-/** A fake QEMU: a UDP socket on the reserved port that records the frames it receives. */
+let socketDir: string;
+let sockets = 0;
+beforeAll(() => {
+  socketDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gl-net-'));
+});
+afterAll(() => fs.rmSync(socketDir, { recursive: true, force: true }));
+const socketPath = () => path.join(socketDir, `s${++sockets}.sock`);
+
+/** QEMU's stream framing: a 4-byte big-endian length, then the frame. */
+function framed(frame: Buffer): Buffer {
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(frame.length, 0);
+  return Buffer.concat([header, frame]);
+}
+
+const connect = (where: string) =>
+  new Promise<net.Socket>((resolve, reject) => {
+    const socket = net.createConnection(where, () => resolve(socket));
+    socket.once('error', reject);
+  });
+
+/** A fake QEMU: connects to the port's socket as QEMU's stream netdev does, and records the frames it receives. */
 async function fakeNic(sw: EthernetSwitch, id: string) {
-  const peerPort = await reserveUdpPort();
-  const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(peerPort, '127.0.0.1', () => resolve()));
-  const { switchPort } = await sw.addPort(id, peerPort);
+  const where = socketPath();
+  await sw.addPort(id, where);
+  const socket = await connect(where);
   const received: Buffer[] = [];
-  socket.on('message', (frame) => received.push(frame));
+  let pending = Buffer.alloc(0);
+  socket.on('data', (chunk: Buffer) => {
+    pending = Buffer.concat([pending, chunk]);
+    while (pending.length >= 4 && pending.length >= 4 + pending.readUInt32BE(0)) {
+      received.push(pending.subarray(4, 4 + pending.readUInt32BE(0)));
+      pending = pending.subarray(4 + pending.readUInt32BE(0));
+    }
+  });
   return {
+    where,
     received,
-    send: (frame: Buffer) => socket.send(frame, switchPort, '127.0.0.1'),
-    close: () => socket.close(),
+    send: (frame: Buffer) => socket.write(framed(frame)),
+    /** Bytes as they are, however they split frames. */
+    write: (bytes: Buffer) => socket.write(bytes),
+    close: () => socket.destroy(),
   };
 }
 
@@ -49,6 +82,21 @@ describe('EthernetSwitch', () => {
     [a, b, c].forEach((n) => n!.close());
   });
 
+  test('frames split across writes, and several frames in one write, arrive whole and in order', async () => {
+    const sw = new EthernetSwitch('t');
+    switches.push(sw);
+    const [a, b] = await Promise.all(['a', 'b'].map((id) => fakeNic(sw, id)));
+    const one = framed(frame(BROADCAST, mac(1), 'first'));
+    for (const byte of one) {
+      a!.write(Buffer.from([byte]));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    a!.write(Buffer.concat([framed(frame(BROADCAST, mac(1), 'second')), framed(frame(BROADCAST, mac(1), 'third'))]));
+    await settle();
+    expect(b!.received.map((f) => f.subarray(14).toString())).toEqual(['first', 'second', 'third']);
+    [a, b].forEach((n) => n!.close());
+  });
+
   test('a disconnected port neither sends nor receives, and is back after reconnect', async () => {
     const sw = new EthernetSwitch('t');
     switches.push(sw);
@@ -70,21 +118,26 @@ describe('EthernetSwitch', () => {
     [a, b].forEach((n) => n!.close());
   });
 
-  test('datagrams from anyone but the port\'s own QEMU are rejected', async () => {
+  test('a port takes one peer, QEMU: its socket is owner-only until then and gone after; a runt frame or an impossible length is rejected', async () => {
     const sw = new EthernetSwitch('t');
     switches.push(sw);
-    const a = await fakeNic(sw, 'a');
+    const where = socketPath();
+    await sw.addPort('c', where);
+    expect(fs.statSync(where).mode & 0o777).toBe(0o600);
+    const qemu = await connect(where);
+    await settle();
+    expect(fs.existsSync(where)).toBe(false);
+    await expect(connect(where)).rejects.toThrow(/ENOENT|ECONNREFUSED/);
     const b = await fakeNic(sw, 'b');
-    const intruder = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => intruder.bind(0, '127.0.0.1', () => resolve()));
-    const { switchPort } = await sw.addPort('c', await reserveUdpPort());
-    intruder.send(frame(BROADCAST, mac(9), 'forged'), switchPort, '127.0.0.1');
+    qemu.write(framed(Buffer.from('short')));
     await settle();
     expect(sw.stats.rejected).toBe(1);
-    expect(a.received).toHaveLength(0);
+    const closed = new Promise((resolve) => qemu.once('close', resolve));
+    qemu.write(Buffer.from([0xff, 0xff, 0xff, 0xff]));
+    await closed;
+    expect(sw.stats.rejected).toBe(2);
     expect(b.received).toHaveLength(0);
-    [a, b].forEach((n) => n.close());
-    intruder.close();
+    b.close();
   });
 });
 
@@ -95,15 +148,15 @@ describe('GuestNetwork', () => {
   test('hands out addresses from .10, honours a requested one, refuses duplicates and foreign addresses', async () => {
     const net = await createNetwork({ name: 'alloc', subnet: '192.168.50.0/24' });
     networks.push(net);
-    const a = await net.attach('a', 'a-1', 'eth1');
-    const b = await net.attach('b', 'b-1', 'eth1', '192.168.50.99');
-    const c = await net.attach('c', 'c-1', 'eth1');
+    const a = await net.attach('a', 'a-1', 'eth1', socketPath());
+    const b = await net.attach('b', 'b-1', 'eth1', socketPath(), '192.168.50.99');
+    const c = await net.attach('c', 'c-1', 'eth1', socketPath());
     expect([a.address, b.address, c.address]).toEqual(['192.168.50.10', '192.168.50.99', '192.168.50.11']);
     expect(a.prefixLength).toBe(24);
     expect(a.mac).toMatch(/^52:54:00(:[0-9a-f]{2}){3}$/);
-    await expect(net.attach('d', 'd-1', 'eth1', '192.168.50.99')).rejects.toThrow(/taken by another guest/);
-    await expect(net.attach('e', 'e-1', 'eth1', '10.0.0.5')).rejects.toThrow(/not a host address in alloc's subnet 192\.168\.50\.0\/24/);
-    await expect(net.attach('a', 'a-2', 'eth1')).rejects.toThrow(/already has a guest named a/);
+    await expect(net.attach('d', 'd-1', 'eth1', socketPath(), '192.168.50.99')).rejects.toThrow(/taken by another guest/);
+    await expect(net.attach('e', 'e-1', 'eth1', socketPath(), '10.0.0.5')).rejects.toThrow(/not a host address in alloc's subnet 192\.168\.50\.0\/24/);
+    await expect(net.attach('a', 'a-2', 'eth1', socketPath())).rejects.toThrow(/already has a guest named a/);
     expect(net.addressOf('b')).toBe('192.168.50.99');
     expect(() => net.addressOf('zz')).toThrow(/zz is not on network alloc \(members: a, b, c\)/);
     expect(net.hostsBlock()).toBe(
@@ -121,7 +174,7 @@ describe('GuestNetwork', () => {
     const second = await createNetwork({ name: 'shared' });
     expect(second).toBe(first);
     await expect(createNetwork({ name: 'shared', subnet: '10.1.2.0/24' })).rejects.toThrow(/exists with subnet 10\.77\.\d+\.0\/24, not 10\.1\.2\.0\/24/);
-    await first.attach('g', 'g-1', 'eth1');
+    await first.attach('g', 'g-1', 'eth1', socketPath());
     first.close();
     second.close();
     expect(first.closed).toBe(false); // the guest still holds it
@@ -145,9 +198,9 @@ describe('GuestNetwork', () => {
         return { exitCode: fail ? 1 : 0, stderr: fail ? 'read-only file system' : '' };
       },
     });
-    await net.attach('a', 'a-1', 'eth1');
+    await net.attach('a', 'a-1', 'eth1', socketPath());
     await net.joined(member('a', 'a-1'));
-    await net.attach('b', 'b-1', 'eth1');
+    await net.attach('b', 'b-1', 'eth1', socketPath());
     await net.joined(member('b', 'b-1'));
     expect(calls.map((c) => c.guest)).toEqual(['a', 'a', 'b']);
     const last = calls.slice(1);
@@ -157,7 +210,7 @@ describe('GuestNetwork', () => {
       expect(call.argv.slice(-2)).toEqual(['sh', 'hosts']); // the network name as "$1", not in the script
       expect(call.stdin).toBe('# guestlab-network hosts begin\n10.9.0.10\ta.hosts a\n10.9.0.11\tb.hosts b\n# guestlab-network hosts end\n');
     }
-    await net.attach('c', 'c-1', 'eth1');
+    await net.attach('c', 'c-1', 'eth1', socketPath());
     await expect(net.joined(member('c', 'c-1', true))).rejects.toThrow(/Updating \/etc\/hosts of c for network hosts failed: read-only file system/);
     for (const id of ['a-1', 'b-1', 'c-1']) net.detach(id);
   });
@@ -182,14 +235,14 @@ describe('what a guest on a network is given', () => {
     expect(() => resolveSpec({ image: 'debian-12', networks: [{ name: 'lan', ip: 'x' } as never] })).toThrow(/Unknown option `networks\[0\]\.ip`/);
   });
 
-  test('QEMU gets a dgram netdev between two loopback ports and a NIC with the member MAC', () => {
+  test('QEMU gets a stream netdev that connects to the switch\'s unix socket, and a NIC with the member MAC', () => {
     const argv = buildQemuArgv({
       name: 'a', tag: 't', accel: 'tcg', machine: 'pc-q35-7.2', cpus: 1, memoryMiB: 512, disk: '/d', seed: '/s', qmpSocket: '/q', serialLog: '/l', sshHostPort: 0,
-      extraNics: [{ id: 'lan0', mac: '52:54:00:aa:bb:cc', localPort: 40001, remotePort: 40002 }],
+      extraNics: [{ id: 'lan0', mac: '52:54:00:aa:bb:cc', socketPath: '/inst/a,b/nic0.sock' }],
     });
     expect(argv.join(' ')).toContain(`virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`);
     expect(argv.join(' ')).toContain(
-      '-netdev dgram,id=lan0,local.type=inet,local.host=127.0.0.1,local.port=40001,remote.type=inet,remote.host=127.0.0.1,remote.port=40002 -device virtio-net-pci,netdev=lan0,mac=52:54:00:aa:bb:cc',
+      '-netdev stream,id=lan0,server=off,addr.type=unix,addr.path=/inst/a,,b/nic0.sock -device virtio-net-pci,netdev=lan0,mac=52:54:00:aa:bb:cc',
     );
   });
 

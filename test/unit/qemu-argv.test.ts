@@ -105,7 +105,7 @@ describe('buildQemuArgv: SCSI disks for mounts', () => {
       'virtio-scsi-pci,id=scsi0',
       ...ports,
     ]);
-    expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', localPort: 1, remotePort: 2 }] }), '-device').slice(-5)).toEqual(['virtio-scsi-pci,id=scsi0', ...ports]);
+    expect(option(buildQemuArgv({ ...base, extraNics: [{ id: 'lan0', mac: '52:54:00:aa:00:01', socketPath: '/inst/nic0.sock' }] }), '-device').slice(-5)).toEqual(['virtio-scsi-pci,id=scsi0', ...ports]);
     expect(option(buildQemuArgv(base), '-blockdev')).toEqual([]);
   });
 

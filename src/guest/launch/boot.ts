@@ -8,6 +8,7 @@ import { findOvmf } from '../../host/firmware.ts';
 import { probeHost } from '../../host/probe.ts';
 import { ensureImage } from '../../images/builder.ts';
 import { networkForGuest } from '../../network/network.ts';
+import { nicSocket } from '../instance.ts';
 import { sweepOnce } from '../../reaper/sweep.ts';
 import { generateEd25519 } from '../../ssh/keys.ts';
 import { writePrivateFile } from '../../util/fs.ts';
@@ -91,7 +92,7 @@ export async function attachNetworks(state: LaunchState): Promise<void> {
   const instance = need(state.instance, 'instance');
   for (const [i, wanted] of state.spec.networks.entries()) {
     const network = networkForGuest(wanted.name);
-    const attachment = await network.attach(state.spec.name, instance.id, `eth${i + 1}`, wanted.address);
+    const attachment = await network.attach(state.spec.name, instance.id, `eth${i + 1}`, nicSocket(instance, i), wanted.address);
     (state.resources.networks ??= []).push(network);
     state.attachments.push(attachment);
   }

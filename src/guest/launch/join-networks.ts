@@ -55,7 +55,7 @@ export const joinNetworksStep: LaunchStep = {
     await attachNetworks(state);
     const triples: string[] = [];
     for (const [i, attachment] of state.attachments.entries()) {
-      await monitor.attachNic({ id: `lan${i}`, mac: attachment.mac, localPort: attachment.qemuPort, remotePort: attachment.switchPort, slot: i });
+      await monitor.attachNic({ id: `lan${i}`, mac: attachment.mac, socketPath: attachment.socketPath, slot: i });
       triples.push(attachment.mac, attachment.interfaceName, `${attachment.address}/${attachment.prefixLength}`);
     }
     const argv = ['sh', '-c', CONFIGURE_SCRIPT, 'sh', ...triples];
