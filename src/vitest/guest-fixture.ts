@@ -28,7 +28,8 @@ export type GuestFixture = FixturePair<GuestFixtureFn, StartedGuest>;
 export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOptions): GuestFixture {
   const { scope, clone: cloneOption, template: templateOption, declared } = checkGuestFixture(spec, options);
   let current: StartedGuest | undefined;
-  let failedTest: string | undefined;
+  // The first failed test of each guest of this fixture: only a guest whose own test failed is kept.
+  const failedTests = new WeakMap<StartedGuest, string>();
   // With clone: true, one template per fixture declaration, booted by the first test that needs it
   // and released when the file is done. A template that failed to boot fails every test that asks
   // for it, at once.
@@ -64,7 +65,7 @@ export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOpt
         if (!current || current.stopped) return;
         await recordGuest(current, { task, annotate });
         if (task.result?.state === 'fail') {
-          failedTest ??= task.name;
+          if (!failedTests.has(current)) failedTests.set(current, task.name);
           await reportFailure(current, { task, annotate });
         }
       });
@@ -81,12 +82,12 @@ export function guestFixture(spec: GuestSpec | string, options?: GuestFixtureOpt
       if (scope === 'test' && task && annotate) await recordGuest(guest, { task, annotate });
       await use(guest);
       if (scope === 'test' && task?.result?.state === 'fail' && annotate) {
-        failedTest = task.name;
+        failedTests.set(guest, task.name);
         await reportFailure(guest, { task, annotate });
       }
     } finally {
       current = undefined;
-      await finish(guest, failedTest);
+      await finish(guest, failedTests.get(guest));
     }
   };
   // Vitest reads the first parameter's destructuring pattern to learn what a fixture uses. A
