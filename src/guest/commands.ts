@@ -41,8 +41,11 @@ export function isStatelessBuiltin(argv: readonly string[], options: Pick<ExecOp
   return !(name === 'printf' && first?.startsWith('-'));
 }
 
-/** The command line for argv with the options around it; every argument quoted. */
-export function commandLine(argv: string[], options: ExecOptions): string {
+/**
+ * The command line for argv with the options around it; every argument quoted. `redacted`: the
+ * line for messages, with each environment value shown as *** (env often carries secrets).
+ */
+export function commandLine(argv: string[], options: ExecOptions, redacted = false): string {
   if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
   const prefix: string[] = [];
   if (options.sudo) prefix.push('sudo', '-n', '--');
@@ -55,7 +58,7 @@ export function commandLine(argv: string[], options: ExecOptions): string {
   if (options.env) {
     const pairs = Object.entries(options.env).map(([key, value]) => {
       if (!ENV_NAME.test(key)) throw new TypeError(`Invalid environment variable name in \`env\`: ${describeValue(key)}`);
-      return `${key}=${value}`;
+      return `${key}=${redacted ? '***' : value}`;
     });
     prefix.push('env', ...pairs);
   }
@@ -66,6 +69,7 @@ export function commandLine(argv: string[], options: ExecOptions): string {
 /** Runs argv on the session and decodes the result. */
 export async function runCommand(session: SshSession, argv: string[], options: ExecOptions): Promise<ExecResult> {
   const command = commandLine(argv, options);
+  const label = options.env ? commandLine(argv, options, true) : undefined;
   const started = performance.now();
   const { timeoutMs } = options;
   const raw = await session.run(command, {
@@ -74,6 +78,7 @@ export async function runCommand(session: SshSession, argv: string[], options: E
     stdout: options.stdout,
     signal: options.signal,
     stateless: isStatelessBuiltin(argv, options),
+    label,
     timeoutMs: timeoutMs === undefined ? undefined : timeoutMs + HOST_BACKSTOP_MS,
   });
   const durationMs = performance.now() - started;

@@ -16,6 +16,8 @@ export interface ChannelContext {
 }
 
 export function execOnChannel(client: Client, command: string, options: RawExecOptions, context: ChannelContext): Promise<RawExecResult> {
+  // Messages name the command by its label: the command line itself may carry environment values.
+  const shown = options.label ?? command;
   return new Promise((resolve, reject) => {
     if (options.signal?.aborted) return reject(new AbortedError('Guest command', { cause: options.signal.reason }));
     client.exec(command, (error, channel: ClientChannel) => {
@@ -50,13 +52,13 @@ export function execOnChannel(client: Client, command: string, options: RawExecO
       const failInFlight = (error: Error) => settle({ error });
       context.inFlight.add(failInFlight);
       const timer = options.timeoutMs ? setTimeout(() => abandon({ timedOut: true }), options.timeoutMs) : undefined;
-      const onAbort = () => abandon({ error: new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }) });
+      const onAbort = () => abandon({ error: new AbortedError(`Guest command ${shown}`, { cause: options.signal?.reason }) });
       options.signal?.addEventListener('abort', onAbort, { once: true });
       // A stdout stream gets the data with backpressure; the command counts as done once the
       // stream has taken all of it (its writable side only: a pipe to a child is a Duplex).
       const stdoutDone = options.stdout
         ? finished(channel.pipe(options.stdout), { readable: false }).catch((error: unknown) => {
-            abandon({ error: new SshError(`Writing the output of ${command} failed: ${(error as Error).message}`, { cause: error }) });
+            abandon({ error: new SshError(`Writing the output of ${shown} failed: ${(error as Error).message}`, { cause: error }) });
           })
         : Promise.resolve();
       if (!options.stdout) channel.on('data', (chunk: Buffer) => stdout.push(chunk));
@@ -68,7 +70,7 @@ export function execOnChannel(client: Client, command: string, options: RawExecO
       channel.on('close', () => {
         const lost = context.lost();
         if (exitCode === undefined && exitSignal === undefined && lost) {
-          settle({ error: new SshError(`The command ended without an exit status: ${lost}: ${command}`) });
+          settle({ error: new SshError(`The command ended without an exit status: ${lost}: ${shown}`) });
         } else {
           void stdoutDone.then(() => settle({ timedOut: false }));
         }
@@ -77,7 +79,7 @@ export function execOnChannel(client: Client, command: string, options: RawExecO
       if (stdin === undefined) channel.end();
       else if (typeof stdin === 'string' || stdin instanceof Uint8Array) channel.end(stdin);
       else {
-        stdin.once('error', (error) => abandon({ error: new SshError(`Reading the input of ${command} failed: ${error.message}`, { cause: error }) }));
+        stdin.once('error', (error) => abandon({ error: new SshError(`Reading the input of ${shown} failed: ${error.message}`, { cause: error }) }));
         stdin.pipe(channel);
       }
     });

@@ -67,7 +67,7 @@ export class CommandShell {
         options.signal?.removeEventListener('abort', onAbort);
         this.#current = undefined;
       };
-      const onAbort = () => this.destroy(new AbortedError(`Guest command ${command}`, { cause: options.signal?.reason }));
+      const onAbort = () => this.destroy(new AbortedError(`Guest command ${options.label ?? command}`, { cause: options.signal?.reason }));
       const current = {
         token: Buffer.from(token),
         stdout: [] as Buffer[],

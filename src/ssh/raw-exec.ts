@@ -15,6 +15,8 @@ export interface RawExecOptions {
    * `printf`), so a command shell may run it in place instead of in a subshell: no fork.
    */
   stateless?: boolean | undefined;
+  /** How the command reads in error messages, when the command line holds what must not be shown (environment values). */
+  label?: string | undefined;
 }
 
 /** A result as it comes off the channel: output as bytes. */
