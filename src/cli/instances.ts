@@ -9,7 +9,7 @@ import { guestlabPaths } from '../config.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
 import { sshCommand } from '../guest/keep.ts';
 import { closeQemuByPid } from '../qemu/close.ts';
-import { readOwnerRecord, sweep, taggedQemus } from '../reaper/sweep.ts';
+import { readOwnerRecord, sweep, taggedQemus, type TaggedQemu } from '../reaper/sweep.ts';
 import { command } from './args.ts';
 import { printTable } from './table.ts';
 
@@ -86,8 +86,9 @@ export const stop = command(
   },
   async ({ positionals }) => {
     const info = await findInstance(positionals[0]!, 'stop');
-    const qemu = (await taggedQemus()).find((q) => q.instanceId === info.id);
-    if (qemu) await quitQemu(info.dir, qemu.pid);
+    // Its own QEMU: the instance's tag, and its QMP socket in this very directory.
+    const qemu = (await taggedQemus()).find((q) => q.instanceId === info.id && q.instanceDir !== undefined && path.resolve(q.instanceDir) === path.resolve(info.dir));
+    if (qemu) await quitQemu(info.dir, qemu);
     await fs.rm(info.dir, { recursive: true, force: true });
     console.log(`stopped guest ${info.name} (instance ${info.id}${qemu ? `, QEMU pid ${qemu.pid}` : ', QEMU was not running'}) and removed ${info.dir}`);
     return 0;
@@ -95,10 +96,10 @@ export const stop = command(
 );
 
 /** Ends the guest's QEMU the way a test run does: QMP quit, a grace period, then SIGKILL. */
-async function quitQemu(instanceDir: string, pid: number): Promise<void> {
-  // By its tag, not only its pid: a pid reused by another process is never signalled.
-  const stillRunning = async () => (await taggedQemus()).some((q) => q.pid === pid);
-  await closeQemuByPid(pid, path.join(instanceDir, INSTANCE_FILES.qmp), stillRunning);
+async function quitQemu(instanceDir: string, qemu: TaggedQemu): Promise<void> {
+  // By its tag and start time, not only its pid: a pid reused by another process is never signalled.
+  const stillRunning = async () => (await taggedQemus()).some((q) => q.pid === qemu.pid && q.start === qemu.start && q.instanceId === qemu.instanceId);
+  await closeQemuByPid(qemu.pid, path.join(instanceDir, INSTANCE_FILES.qmp), stillRunning);
 }
 
 export const gc = command(

@@ -1,12 +1,15 @@
 // The sweep: instance directories, leases and QEMU processes left by dead sessions. A process is
 // killed only when its command line carries the guestlab tag of an instance whose owner is dead,
-// so an unrelated process, even one that reused a recorded pid, is never signalled.
+// and its instance directory (named by its QMP socket) is in this sweep's instances directory, with
+// an owner record for that same owner, and not kept. So an unrelated process, even one that reused
+// a recorded pid, a tagged process without an instance, and guests of another instances directory
+// (another GUESTLAB_INSTANCES_DIR, kept or not) are never signalled.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { sweepLeases, type LeaseRecord } from '../budget/leases.ts';
 import { guestlabPaths } from '../config.ts';
 import { log as rootLog, type Logger } from '../log.ts';
-import { isAlive, processCmdline, type ProcessIdentity } from '../host/process-identity.ts';
+import { isAlive, processCmdline, processStartTime, type ProcessIdentity } from '../host/process-identity.ts';
 
 /** Written into every instance directory before anything that could leak. */
 export const OWNER_FILE = 'owner.json';
@@ -64,17 +67,48 @@ export interface SweepReport {
   leases: LeaseRecord[];
 }
 
-/** QEMU processes tagged by guestlab, with their instance and owner. */
-export async function taggedQemus(): Promise<{ pid: number; instanceId: string; owner: ProcessIdentity }[]> {
-  const found: { pid: number; instanceId: string; owner: ProcessIdentity }[] = [];
+/** The instance directory a QEMU command line names: the directory of its QMP socket (see buildQemuArgv). */
+export function instanceDirOf(cmdline: string[]): string | undefined {
+  for (const arg of cmdline) {
+    const m = /^socket,id=qmp0,path=(.*),server=on,wait=off$/.exec(arg);
+    if (m) return path.dirname(m[1]!.replaceAll(',,', ','));
+  }
+  return undefined;
+}
+
+export interface TaggedQemu {
+  pid: number;
+  /** The kernel's start time of that pid when it was listed: a kill checks it is still the same process. */
+  start: number | undefined;
+  instanceId: string;
+  owner: ProcessIdentity;
+  instanceDir: string | undefined;
+}
+
+/** QEMU processes tagged by guestlab, with their instance, owner and instance directory. */
+export async function taggedQemus(): Promise<TaggedQemu[]> {
+  const found: TaggedQemu[] = [];
   for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
     if (!/^\d+$/.test(entry)) continue;
-    const cmdline = processCmdline(Number(entry));
+    const pid = Number(entry);
+    const start = processStartTime(pid);
+    const cmdline = processCmdline(pid);
     if (!cmdline?.[0]?.includes('qemu-system')) continue;
     const tag = parseQemuTag(cmdline);
-    if (tag) found.push({ pid: Number(entry), ...tag });
+    if (tag) found.push({ pid, start, ...tag, instanceDir: instanceDirOf(cmdline) });
   }
   return found;
+}
+
+/** SIGKILL to `pid` only while it is still the process that was listed (same start time). */
+function killListed(qemu: Pick<TaggedQemu, 'pid' | 'start'>): boolean {
+  if (qemu.start === undefined || processStartTime(qemu.pid) !== qemu.start) return false;
+  try {
+    process.kill(qemu.pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false; // exited meanwhile
+  }
 }
 
 export interface SweepOptions {
@@ -88,17 +122,24 @@ export async function sweep(options: SweepOptions = {}): Promise<SweepReport> {
   const log = options.log ?? rootLog;
   const instancesDir = options.instancesDir ?? guestlabPaths().instancesDir;
   const report: SweepReport = { instanceDirs: [], killedPids: [], leases: [] };
-  const isKept = async (instanceId: string) => !options.includeKept && (await readOwnerRecord(path.join(instancesDir, instanceId)))?.keptAt !== undefined;
+  const root = path.resolve(instancesDir);
 
-  for (const { pid, instanceId, owner } of await taggedQemus()) {
-    if (isAlive(owner) || (await isKept(instanceId))) continue;
-    try {
-      process.kill(pid, 'SIGKILL');
-      report.killedPids.push(pid);
-      log.info(`killed orphaned QEMU ${pid} of instance ${instanceId}`);
-    } catch {
-      // exited meanwhile
+  for (const qemu of await taggedQemus()) {
+    const { pid, instanceId, owner } = qemu;
+    if (isAlive(owner)) continue;
+    // Its own directory in this instances directory, recorded for the same owner: anything else is
+    // not this sweep's to end (another GUESTLAB_INSTANCES_DIR, or a process that merely carries a tag).
+    const dir = qemu.instanceDir === undefined ? undefined : path.resolve(qemu.instanceDir);
+    if (dir !== path.join(root, instanceId)) continue;
+    const record = await readOwnerRecord(dir);
+    if (!record || record.instanceId !== instanceId || record.owner.pid !== owner.pid || record.owner.start !== owner.start) {
+      log.debug(`left QEMU ${pid} alone: it carries the tag of instance ${instanceId}, but ${dir} has no owner record for it`);
+      continue;
     }
+    if (record.keptAt !== undefined && !options.includeKept) continue;
+    if (!killListed(qemu)) continue;
+    report.killedPids.push(pid);
+    log.info(`killed orphaned QEMU ${pid} of instance ${instanceId}`);
   }
 
   for (const entry of await fs.readdir(instancesDir).catch(() => [] as string[])) {

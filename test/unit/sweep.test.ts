@@ -34,11 +34,12 @@ describe('sweep', () => {
     return instanceDir;
   }
 
-  /** A long-running process whose argv[0] looks like QEMU and which carries `tag`. */
-  async function fakeQemu(tag: string): Promise<ChildProcess> {
+  /** A long-running process whose argv[0] looks like QEMU, which carries `tag` and names `instanceDir` as QEMU does (its QMP socket). */
+  async function fakeQemu(tag: string, instanceDir?: string): Promise<ChildProcess> {
     const link = path.join(root, 'qemu-system-x86_64');
     await fs.symlink('/usr/bin/tail', link).catch(() => undefined);
-    const child = spawn(link, ['-f', '/dev/null', tag], { stdio: 'ignore' });
+    const qmp = instanceDir === undefined ? [] : ['-chardev', `socket,id=qmp0,path=${path.join(instanceDir, 'qmp.sock').replaceAll(',', ',,')},server=on,wait=off`];
+    const child = spawn(link, ['-f', '/dev/null', '--', tag, ...qmp], { stdio: 'ignore' });
     children.push(child);
     await once(child, 'spawn');
     return child;
@@ -92,23 +93,35 @@ describe('sweep', () => {
     expect(processStartTime(bystander.pid!)).toBe(start);
   });
 
-  test('kills a tagged QEMU of a dead owner, never one of a live owner or an untagged one', async () => {
-    const orphan = await fakeQemu(qemuTag('orphan-1', { pid: 2 ** 22 + 778, start: 1 }));
-    const owned = await fakeQemu(qemuTag('owned-1', currentIdentity()));
+  test('kills a tagged QEMU of a dead owner whose directory here records it; never one of a live owner, an untagged one, one without an instance directory, or one of another instances directory', async () => {
+    const instancesDir = path.join(root, 'instances');
+    const deadOwner = { pid: 2 ** 22 + 778, start: 1 };
+    const orphanDir = await instance('orphan-1', deadOwner);
+    const orphan = await fakeQemu(qemuTag('orphan-1', deadOwner), orphanDir);
+    const owned = await fakeQemu(qemuTag('owned-1', currentIdentity()), await instance('owned-1', currentIdentity()));
     const untagged = await fakeQemu('no-tag-here');
+    // A tag alone, with no instance directory anywhere: nothing proves it is a guest of this sweep's.
+    const tagOnly = await fakeQemu(qemuTag('ghost-1', deadOwner));
+    // A guest of another GUESTLAB_INSTANCES_DIR (its directory, its owner record): not this sweep's.
+    const elsewhere = path.join(root, 'other-instances', 'away-1');
+    await fs.mkdir(elsewhere, { recursive: true });
+    await fs.writeFile(path.join(elsewhere, OWNER_FILE), JSON.stringify({ instanceId: 'away-1', owner: deadOwner, createdAt: '' }));
+    const away = await fakeQemu(qemuTag('away-1', deadOwner), elsewhere);
+    // A directory here whose owner record names someone else than the tag: not proof either.
+    const mismatch = await fakeQemu(qemuTag('mixed-1', deadOwner), await instance('mixed-1', { pid: 2 ** 22 + 780, start: 1 }));
     const orphanExit = once(orphan, 'exit');
-    const report = await sweep({ log, instancesDir: path.join(root, 'instances') });
+    const report = await sweep({ log, instancesDir });
     expect(report.killedPids).toEqual([orphan.pid]);
     await orphanExit;
     expect(orphan.signalCode).toBe('SIGKILL');
-    expect(owned.exitCode ?? owned.signalCode).toBeNull();
-    expect(untagged.exitCode ?? untagged.signalCode).toBeNull();
+    for (const child of [owned, untagged, tagOnly, away, mismatch]) expect(child.exitCode ?? child.signalCode).toBeNull();
+    await expect(fs.stat(elsewhere)).resolves.toBeTruthy();
   });
 
   test('a kept guest (GUESTLAB_KEEP) of a dead owner is left alone, unless the sweep includes kept guests', async () => {
     const deadOwner = { pid: 2 ** 22 + 779, start: 1 };
     const keptDir = await instance('kept-1', deadOwner, { keptAt: new Date().toISOString() });
-    const kept = await fakeQemu(qemuTag('kept-1', deadOwner));
+    const kept = await fakeQemu(qemuTag('kept-1', deadOwner), keptDir);
     const instancesDir = path.join(root, 'instances');
 
     const first = await sweep({ log, instancesDir });
