@@ -111,7 +111,7 @@ export const gc = command(
   },
   async ({ values }) => {
     const report = await sweep({ includeKept: values.kept });
-    const removed = report.instanceDirs.length + report.killedPids.length + report.leases.length;
+    const removed = report.instanceDirs.length + report.killedPids.length + report.leases.length + report.tempFiles.length;
     console.log(
       removed === 0
         ? 'Nothing to remove: no guest of a dead session is left.'
@@ -119,6 +119,7 @@ export const gc = command(
             ...report.killedPids.map((pid) => `killed orphaned QEMU process ${pid}`),
             ...report.instanceDirs.map((dir) => `removed instance directory ${dir}`),
             ...report.leases.map((l) => `released lease of ${l.guest} (${l.cpus} CPU, ${l.memoryMiB} MiB) held by dead process ${l.owner.pid}`),
+            ...report.tempFiles.map((file) => `removed ${file}, left half-written by a dead process`),
           ].join('\n'),
     );
     return 0;

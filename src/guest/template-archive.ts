@@ -106,7 +106,7 @@ export async function importTemplates(archive: string, log: Logger = rootLog): P
   if (!members.includes(INDEX)) throw new TemplateArchiveError(`template import: ${archive} has no ${INDEX}; it was not written by guestlab template export`);
 
   await makePrivateDir(cache.dir);
-  const staging = await fs.mkdtemp(path.join(cache.dir, '.import-'));
+  const staging = await fs.mkdtemp(path.join(cache.dir, `.import-${process.pid}-`));
   try {
     await run('tar', ['-x', '-f', source, '-C', staging, '--no-same-owner', '--no-same-permissions']).catch((error: Error) => {
       throw new TemplateArchiveError(`template import: unpacking ${archive} failed (truncated?): ${error.message}`, { cause: error });

@@ -113,7 +113,7 @@ export async function importImages(archive: string, log: Logger = rootLog): Prom
   }
   if (!members.includes(ARCHIVE_INDEX)) throw new ImageArchiveError(`image import: ${archive} has no ${ARCHIVE_INDEX}; it was not written by guestlab image export`);
 
-  const staging = await fs.mkdtemp(path.join(imagesDir, '.import-'));
+  const staging = await fs.mkdtemp(path.join(imagesDir, `.import-${process.pid}-`));
   try {
     await run('tar', ['-x', '-f', source, '-C', staging, '--no-same-owner', '--no-same-permissions']).catch((error: Error) => {
       throw new ImageArchiveError(`image import: unpacking ${archive} failed (truncated?): ${error.message}`, { cause: error });

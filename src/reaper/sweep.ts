@@ -65,6 +65,35 @@ export interface SweepReport {
   instanceDirs: string[];
   killedPids: number[];
   leases: LeaseRecord[];
+  /** Half-written images, imports and downloads whose writer is gone. */
+  tempFiles: string[];
+}
+
+/**
+ * Temporary names that carry their writer's pid (the first group): an image being built or
+ * downloaded (NAME.tmp-PID), an archive being imported (.import-PID-XXXXXX), a download being
+ * written (FILE.PID-RANDOM.part).
+ */
+const TEMP_NAMES = [/\.tmp-(\d+)$/, /^\.import-(\d+)-/, /\.(\d+)-[0-9a-f]{8}\.part$/];
+
+/** Removes the temporary entries in `dirs` whose writer no longer runs (a pid that runs, even a reused one, keeps its entry). */
+export async function sweepTempFiles(dirs: readonly string[], log: Logger): Promise<string[]> {
+  const removed: string[] = [];
+  for (const dir of dirs) {
+    for (const entry of await fs.readdir(dir).catch(() => [] as string[])) {
+      const pid = TEMP_NAMES.map((pattern) => pattern.exec(entry)?.[1]).find((found) => found !== undefined);
+      if (pid === undefined || processStartTime(Number(pid)) !== undefined) continue;
+      const target = path.join(dir, entry);
+      try {
+        await fs.rm(target, { recursive: true, force: true });
+        removed.push(target);
+        log.info(`removed what a dead process left half-written: ${target}`);
+      } catch (error) {
+        log.warn(`could not remove ${target}, left half-written by a dead process: ${(error as Error).message}`);
+      }
+    }
+  }
+  return removed;
 }
 
 /** The instance directory a QEMU command line names: the directory of its QMP socket (see buildQemuArgv). */
@@ -116,12 +145,14 @@ export interface SweepOptions {
   instancesDir?: string;
   /** Also end guests kept for debugging (GUESTLAB_KEEP). */
   includeKept?: boolean;
+  /** Where half-written images, imports and downloads are looked for (default: the cache's images, templates and downloads). */
+  tempDirs?: readonly string[];
 }
 
 export async function sweep(options: SweepOptions = {}): Promise<SweepReport> {
   const log = options.log ?? rootLog;
   const instancesDir = options.instancesDir ?? guestlabPaths().instancesDir;
-  const report: SweepReport = { instanceDirs: [], killedPids: [], leases: [] };
+  const report: SweepReport = { instanceDirs: [], killedPids: [], leases: [], tempFiles: [] };
   const root = path.resolve(instancesDir);
 
   for (const qemu of await taggedQemus()) {
@@ -157,6 +188,8 @@ export async function sweep(options: SweepOptions = {}): Promise<SweepReport> {
   }
 
   report.leases = await sweepLeases();
+  const paths = guestlabPaths();
+  report.tempFiles = await sweepTempFiles(options.tempDirs ?? [paths.imagesDir, paths.templatesDir, path.join(paths.cacheDir, 'downloads')], log);
   return report;
 }
 
@@ -166,7 +199,7 @@ let once: Promise<SweepReport> | undefined;
 export function sweepOnce(log?: Logger): Promise<SweepReport> {
   once ??= sweep({ log }).catch((error: unknown) => {
     log?.warn(`sweep of stale guests failed: ${(error as Error).message}`);
-    return { instanceDirs: [], killedPids: [], leases: [] };
+    return { instanceDirs: [], killedPids: [], leases: [], tempFiles: [] };
   });
   return once;
 }

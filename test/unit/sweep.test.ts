@@ -7,7 +7,7 @@ import { dir } from 'tmp-promise';
 import { afterEach, beforeEach, describe, expect, test, vi } from 'vitest';
 import { createLogger } from '../../src/log.ts';
 import { currentIdentity, processStartTime } from '../../src/host/process-identity.ts';
-import { OWNER_FILE, parseQemuTag, qemuTag, removeOwnedDir, sweep } from '../../src/reaper/sweep.ts';
+import { OWNER_FILE, parseQemuTag, qemuTag, removeOwnedDir, sweep, sweepTempFiles } from '../../src/reaper/sweep.ts';
 
 const log = createLogger('test', () => undefined);
 
@@ -20,6 +20,9 @@ describe('sweep', () => {
   beforeEach(async () => {
     ({ path: root, cleanup } = await dir({ unsafeCleanup: true }));
     process.env.GUESTLAB_BUDGET_DIR = path.join(root, 'budget');
+    // The sweep also looks for half-written files in the cache: this test's own.
+    process.env.GUESTLAB_CACHE_DIR = path.join(root, 'cache');
+    delete process.env.GUESTLAB_TEMPLATES_DIR;
   });
   afterEach(async () => {
     process.env = { ...saved };
@@ -116,6 +119,32 @@ describe('sweep', () => {
     expect(orphan.signalCode).toBe('SIGKILL');
     for (const child of [owned, untagged, tagOnly, away, mismatch]) expect(child.exitCode ?? child.signalCode).toBeNull();
     await expect(fs.stat(elsewhere)).resolves.toBeTruthy();
+  });
+
+  test('half-written images, imports and downloads of a dead process are removed; those of a running one and every other name stay', async () => {
+    const images = path.join(root, 'images');
+    const downloads = path.join(root, 'downloads');
+    await fs.mkdir(images, { recursive: true });
+    await fs.mkdir(downloads, { recursive: true });
+    const dead = 2 ** 22 + 781;
+    const live = process.pid;
+    const made = {
+      deadBuild: path.join(images, `debian-12-0123456789abcdef.tmp-${dead}`),
+      liveBuild: path.join(images, `debian-11-0123456789abcdef.tmp-${live}`),
+      deadImport: path.join(images, `.import-${dead}-AbC123`),
+      liveImport: path.join(images, `.import-${live}-XyZ789`),
+      deadPart: path.join(downloads, `sha256-00ff.${dead}-0a1b2c3d.part`),
+      livePart: path.join(downloads, `sha256-00ff.${live}-0a1b2c3d.part`),
+      image: path.join(images, 'debian-12-0123456789abcdef'),
+      download: path.join(downloads, 'sha256-00ff'),
+    };
+    for (const [key, target] of Object.entries(made)) {
+      if (key.endsWith('Part') || key === 'download') await fs.writeFile(target, 'x');
+      else await fs.mkdir(target, { recursive: true });
+    }
+    const removed = await sweepTempFiles([images, downloads, path.join(root, 'missing')], log);
+    expect(removed.sort()).toEqual([made.deadBuild, made.deadImport, made.deadPart].sort());
+    for (const target of [made.liveBuild, made.liveImport, made.livePart, made.image, made.download]) await expect(fs.stat(target)).resolves.toBeTruthy();
   });
 
   test('a kept guest (GUESTLAB_KEEP) of a dead owner is left alone, unless the sweep includes kept guests', async () => {
