@@ -42,11 +42,15 @@ export async function releaseResources(resources: GuestResources): Promise<void>
   if (qemu) await closeQemu(qemu, monitor, log);
   monitor?.close();
   for (const network of resources.networks ?? []) if (instance) network.detach(instance.id);
-  if (instance) {
-    await removeOwnedDir(instance.dir);
-    unregisterLive(instance.id);
+  try {
+    if (instance) {
+      await removeOwnedDir(instance.dir);
+      unregisterLive(instance.id);
+    }
+  } finally {
+    // Last, whether or not the directory went: the budget frees up once QEMU is really gone (a
+    // directory that cannot be removed is the sweep's, and its error is the caller's).
+    await resources.lease?.release();
   }
-  // Last: the budget frees up only once QEMU is really gone.
-  await resources.lease?.release();
   log.debug(`stopped in ${Date.now() - started} ms`);
 }
