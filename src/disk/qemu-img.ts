@@ -46,9 +46,13 @@ export interface DiskInfo {
   externalFile: string | undefined;
 }
 
-/** The header facts of a disk whose format is not yet known (probing only reads the header). */
-export async function diskInfo(file: string, signal?: AbortSignal): Promise<DiskInfo> {
-  const info = JSON.parse(await qemuImg(['info', '--output=json', file], 'to inspect disk images', signal)) as {
+/**
+ * The header facts of a disk; `format` reads it as that format (qemu-img fails when it is not),
+ * without it the format is probed (probing only reads the header).
+ */
+export async function diskInfo(file: string, signal?: AbortSignal, format?: DiskFormat): Promise<DiskInfo> {
+  const args = ['info', '--output=json', ...(format ? ['-f', format] : []), file];
+  const info = JSON.parse(await qemuImg(args, 'to inspect disk images', signal)) as {
     format?: string;
     'virtual-size'?: number;
     'backing-filename'?: string;

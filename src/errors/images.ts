@@ -49,8 +49,8 @@ export class ImageBuildError extends GuestlabError {
 /** A cached image's files do not match the digests recorded when it was built or imported. */
 export class ImageCorruptError extends GuestlabError {
   override name = 'ImageCorruptError';
-  constructor(message: string) {
-    super(message, { code: 'ERR_IMAGE_CORRUPT' });
+  constructor(message: string, options: { cause?: unknown } = {}) {
+    super(message, { code: 'ERR_IMAGE_CORRUPT', ...options });
   }
 }
 

@@ -17,7 +17,7 @@ import { acquireLock } from '../util/lock.ts';
 import { run } from '../util/run.ts';
 import { DIGESTED_FILES, entryHash, IMAGE_FILES, imageDirName, imageFilesOf, readManifest, type ImageManifest } from './builder.ts';
 import { resolveImage } from './catalog.ts';
-import { compareDigests, digestFiles, removeStamps, writeStamp, type FileDigests } from './digest.ts';
+import { checkSelfContained, compareDigests, digestFiles, removeStamps, writeStamp, type FileDigests } from './digest.ts';
 
 export const ARCHIVE_INDEX = 'guestlab-images.json';
 const ARCHIVE_FORMAT = 1;
@@ -150,6 +150,10 @@ async function admitImage(staging: string, entry: ArchiveIndex['images'][number]
   }
   const problems = await compareDigests(unpacked, imageFiles, entry.files);
   if (problems.length) throw new ImageArchiveError(`image import: ${entry.dir} in ${archive} does not match its digests (corrupt or truncated archive):\n  ${problems.join('\n  ')}`);
+  // The digests come with the archive: they prove nothing about what the disk points at.
+  await checkSelfContained(entry.name, `${archive} (${entry.dir})`, path.join(unpacked, imageFiles.disk!)).catch((error: Error) => {
+    throw new ImageArchiveError(`image import: ${error.message}`, { cause: error });
+  });
   const manifest = (await readManifest(unpacked))!;
   if (manifest.recipeHash !== entry.recipeHash) throw new ImageArchiveError(`image import: the manifest of ${entry.dir} in ${archive} disagrees with its index`);
 

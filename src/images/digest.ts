@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { guestlabPaths } from '../config.ts';
+import { diskInfo } from '../disk/qemu-img.ts';
 import { ImageCorruptError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 
@@ -121,6 +122,19 @@ export interface VerifyOutcome {
  * files are not the ones last verified (new inode, size or mtime: a restored cache, a copy, damage).
  * Throws ImageCorruptError naming the files and the fix.
  */
+/** Refuses an image disk that is not a qcow2 of its own: one that names a backing or data file would give its guests that file. */
+export async function checkSelfContained(name: string, dir: string, disk: string): Promise<void> {
+  const info = await diskInfo(disk, undefined, 'qcow2').catch((error: Error) => {
+    throw new ImageCorruptError(`Image ${name} in ${dir}: its disk is not a readable qcow2 (${error.message.split('\n')[0]}). Remove it with: guestlab image rm ${name}`, { cause: error });
+  });
+  if (info.externalFile !== undefined) {
+    throw new ImageCorruptError(
+      `Image ${name} in ${dir}: its disk refers to another file (${info.externalFile}), which a guest would read; guestlab refuses such an image. ` +
+        `Remove it with: guestlab image rm ${name}; then build it (guestlab image build ${name}) or import an archive from a trusted source.`,
+    );
+  }
+}
+
 export async function ensureVerified(name: string, dir: string, files: Record<string, string>, expected: FileDigests, log: Logger): Promise<VerifyOutcome> {
   const now = await identities(dir, files);
   const stamp = await readStamp(dir);
@@ -133,6 +147,9 @@ export async function ensureVerified(name: string, dir: string, files: Record<st
         `The cache is damaged (an interrupted copy or restore?). Remove it with: guestlab image rm ${name}; then build it (guestlab image build ${name}) or import it again.`,
     );
   }
+  // Digests only say the files are the ones the manifest lists, and a manifest can be anyone's: the
+  // disk must also be a self-contained qcow2, or a guest could be handed a host file as its disk.
+  if (files.disk !== undefined) await checkSelfContained(name, dir, path.join(dir, files.disk));
   await writeStamp(dir, files);
   const bytes = Object.values(expected).reduce((sum, d) => sum + d.bytes, 0);
   const ms = Date.now() - started;

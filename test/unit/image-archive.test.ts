@@ -1,5 +1,6 @@
-// The CI side of the image cache without building anything: a small fake image (random bytes in
-// place of disk, kernel and initrd) under a throwaway recipe, exported, imported, damaged.
+// The CI side of the image cache without building anything: a small fake image (an empty qcow2 with
+// random bytes after it as its disk, random kernel and initrd) under a throwaway recipe, exported,
+// imported, damaged, and made to point at a host file.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -43,12 +44,17 @@ function useCache(name: string): void {
   process.env.GUESTLAB_CACHE_DIR = path.join(root, `cache-${name}`);
 }
 
-/** Writes a built-looking image of the "tiny" recipe into the current cache; returns its directory. */
-async function fakeImage(options: { digests?: boolean } = {}): Promise<string> {
+/**
+ * Writes a built-looking image of the "tiny" recipe into the current cache; returns its directory.
+ * `backing`: its disk names that host file as its backing file, as a crafted image would.
+ */
+async function fakeImage(options: { digests?: boolean; backing?: string } = {}): Promise<string> {
   const recipe = await resolveRecipe('tiny');
   const dir = path.join(guestlabPaths().imagesDir, imageDirName(recipe));
   await fs.mkdir(dir, { recursive: true });
-  await fs.writeFile(path.join(dir, IMAGE_FILES.disk), randomBytes(2 * 1024 * 1024));
+  const disk = path.join(dir, IMAGE_FILES.disk);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', ...(options.backing ? ['-F', 'raw', '-b', options.backing] : []), disk, '64M']);
+  await fs.appendFile(disk, randomBytes(2 * 1024 * 1024));
   await fs.writeFile(path.join(dir, IMAGE_FILES.kernel), randomBytes(4096));
   await fs.writeFile(path.join(dir, IMAGE_FILES.initrd), randomBytes(8192));
   const manifest: ImageManifest = {
@@ -59,7 +65,7 @@ async function fakeImage(options: { digests?: boolean } = {}): Promise<string> {
     cmdline: 'root=LABEL=root ro',
     builtAt: new Date().toISOString(),
     buildMs: 123_000,
-    diskBytes: 2 * 1024 * 1024,
+    diskBytes: (await fs.stat(disk)).size,
     ...(options.digests === false ? {} : { files: await digestFiles(dir, DIGESTED_FILES) }),
   };
   await fs.writeFile(path.join(dir, IMAGE_FILES.manifest), JSON.stringify(manifest));
@@ -99,7 +105,7 @@ describe('export and import', () => {
       expect(await fs.readFile(path.join(images[0]!.dir, file))).toEqual(await fs.readFile(path.join(source, file)));
       expect((await fs.stat(path.join(images[0]!.dir, file))).mode & 0o777).toBe(0o444);
     }
-    expect((await readManifest(images[0]!.dir))?.files?.disk?.bytes).toBe(2 * 1024 * 1024);
+    expect((await readManifest(images[0]!.dir))?.files?.disk?.bytes).toBe((await fs.stat(path.join(source, IMAGE_FILES.disk))).size);
     expect(await leftovers()).toEqual([]);
 
     const image = await ensureImage('tiny', { log });
@@ -146,6 +152,16 @@ describe('export and import', () => {
     expect(await leftovers()).toEqual([]);
   });
 
+  test('an archive whose disk names a host file as its backing file is refused, though its digests match', async () => {
+    await fakeImage({ backing: '/etc/hostname' });
+    const archive = path.join(root, 'images.tar');
+    await exportImages(['tiny'], archive, log);
+    useCache('b');
+    await expect(importImages(archive, log)).rejects.toThrow(/image import: Image tiny in .*images\.tar.*refers to another file \(\/etc\/hostname\), which a guest would read/s);
+    expect(await listCachedImages()).toEqual([]);
+    expect(await leftovers()).toEqual([]);
+  });
+
   test('exporting an image that is not built names the build command', async () => {
     await expect(exportImages(['tiny'], path.join(root, 'x.tar'), log)).rejects.toThrow(/tiny is not built.*guestlab image build tiny/);
   });
@@ -176,6 +192,13 @@ describe('a cache restored by other means', () => {
     expect(result!.problems).toEqual([expect.stringMatching(/^disk\.qcow2: sha256/)]);
     expect(await removeImages(['tiny'])).toEqual([dir]);
     expect(await listCachedImages()).toEqual([]);
+  });
+
+  test('whose disk names a host file as its backing file is refused before its first use, digests or not', async () => {
+    await fakeImage({ backing: '/etc/hostname' });
+    const error = (await ensureImage('tiny', { log }).catch((e: unknown) => e)) as Error;
+    expect(error).toMatchObject({ name: 'ImageCorruptError', code: 'ERR_IMAGE_CORRUPT' });
+    expect(error.message).toMatch(/its disk refers to another file \(\/etc\/hostname\).*guestlab image rm tiny/s);
   });
 });
 
