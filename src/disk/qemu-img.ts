@@ -44,6 +44,8 @@ export interface DiskInfo {
   virtualSize: number | undefined;
   /** A file the disk refers to (backing file or external data file): never trust such a disk as a base. */
   externalFile: string | undefined;
+  backingFile: string | undefined;
+  dataFile: string | undefined;
 }
 
 /**
@@ -58,5 +60,7 @@ export async function diskInfo(file: string, signal?: AbortSignal, format?: Disk
     'backing-filename'?: string;
     'format-specific'?: { data?: { 'data-file'?: string } };
   };
-  return { format: info.format, virtualSize: info['virtual-size'], externalFile: info['backing-filename'] ?? info['format-specific']?.data?.['data-file'] };
+  const backingFile = info['backing-filename'];
+  const dataFile = info['format-specific']?.data?.['data-file'];
+  return { format: info.format, virtualSize: info['virtual-size'], externalFile: backingFile ?? dataFile, backingFile, dataFile };
 }

@@ -20,6 +20,7 @@ import { makePrivateDir } from '../util/fs.ts';
 import { acquireLock } from '../util/lock.ts';
 import { run } from '../util/run.ts';
 import { INSTANCE_FILES } from './instance.ts';
+import { TRUST_STAMP, untrustedFile } from './template-trust.ts';
 import { TemplateCache, type TemplateManifest } from './template-cache.ts';
 
 const INDEX = 'guestlab-templates.json';
@@ -38,8 +39,9 @@ interface TemplateArchiveIndex {
 async function entryFiles(dir: string): Promise<Record<string, string>> {
   const files: Record<string, string> = {};
   for (const entry of await fs.readdir(dir, { withFileTypes: true })) {
-    // The sockets of the QEMU that made it are gone; only regular files travel.
-    if (entry.isFile()) files[entry.name] = entry.name;
+    // The sockets of the QEMU that made it are gone; only regular files travel, and not this
+    // cache's stamp of what it checked (the importing cache checks for itself).
+    if (entry.isFile() && entry.name !== TRUST_STAMP) files[entry.name] = entry.name;
   }
   return files;
 }
@@ -158,6 +160,9 @@ async function admit(cache: TemplateCache, staging: string, entry: TemplateArchi
     files: { ...manifest.files, overlay: (await fs.stat(overlay)).size },
   };
   await fs.writeFile(manifestFile, JSON.stringify(admitted, null, 2) + '\n', { mode: 0o600 });
+  // Digests only say the files are the archive's: what they point QEMU at must be the template's own.
+  const untrusted = await untrustedFile(unpacked, admitted);
+  if (untrusted) throw new TemplateArchiveError(`template import: template ${key} in ${archive} is refused: ${untrusted}`);
   for (const [file, mode] of [[INSTANCE_FILES.overlay, 0o400], [INSTANCE_FILES.state, 0o400]] as const) await fs.chmod(path.join(unpacked, file), mode);
   await fs.chmod(unpacked, 0o700);
 

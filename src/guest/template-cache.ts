@@ -26,6 +26,7 @@ import { run } from '../util/run.ts';
 import { INSTANCE_FILES, type InstanceDir } from './instance.ts';
 import type { TemplateBase } from './launch/clone.ts';
 import { canonicalJson, differingInput, TEMPLATE_FORMAT, type TemplateKeyInputs } from './template-key.ts';
+import { untrustedFile } from './template-trust.ts';
 
 const MANIFEST = 'manifest.json';
 const BUILDING = '.building';
@@ -131,7 +132,7 @@ export class TemplateCache {
       if (size === undefined) return `its file ${INSTANCE_FILES[name]} is missing`;
       if (size !== manifest.files[name]) return `its file ${INSTANCE_FILES[name]} has ${size} bytes, ${manifest.files[name]} when it was saved (truncated or replaced)`;
     }
-    return undefined;
+    return untrustedFile(dir, manifest);
   }
 
   async #base(dir: string, key: string, manifest: TemplateManifest): Promise<TemplateBase> {

@@ -11,6 +11,7 @@ import { exportTemplates, importTemplates } from '../../src/guest/template-archi
 import { TemplateCache } from '../../src/guest/template-cache.ts';
 import { templateCacheKey, TEMPLATE_FORMAT, type TemplateKeyInputs } from '../../src/guest/template-key.ts';
 import { createLogger } from '../../src/log.ts';
+import { digestFiles } from '../../src/images/digest.ts';
 import { run } from '../../src/util/run.ts';
 
 const HASH = '0123456789abcdef'.repeat(4);
@@ -120,5 +121,30 @@ test('an archive with a damaged file or a foreign member is refused, and nothing
   const evil = path.join(root, 'evil.tar');
   await run('tar', ['-c', '-f', evil, '-C', unpacked, 'guestlab-templates.json', 'etc/passwd']);
   await expect(importTemplates(evil, log)).rejects.toThrow(/has an unexpected member "etc\/passwd"/);
+  expect((await fs.readdir(new TemplateCache(log).dir)).filter((name) => !name.startsWith('.'))).toEqual([]);
+});
+
+test('an archive whose manifest points QEMU at a host file is refused, though its digests match', async () => {
+  await fakeTemplate(await useCache('a'));
+  const archive = path.join(root, 'templates.tar');
+  await exportTemplates([key], archive, log);
+  // A crafted archive: its manifest names /etc/hostname as the guest's initrd, its index digests agree.
+  const unpacked = path.join(root, 'unpacked');
+  await fs.mkdir(unpacked);
+  await run('tar', ['-x', '-f', archive, '-C', unpacked]);
+  const manifestFile = path.join(unpacked, key, 'manifest.json');
+  const manifest = JSON.parse(await fs.readFile(manifestFile, 'utf8'));
+  manifest.base.kernel.initrd = '/etc/hostname';
+  await fs.chmod(manifestFile, 0o600);
+  await fs.writeFile(manifestFile, JSON.stringify(manifest));
+  const indexFile = path.join(unpacked, 'guestlab-templates.json');
+  const index = JSON.parse(await fs.readFile(indexFile, 'utf8'));
+  const files = Object.fromEntries(Object.keys(index.templates[0].files).map((name: string) => [name, name]));
+  index.templates[0].files = await digestFiles(path.join(unpacked, key), files);
+  await fs.writeFile(indexFile, JSON.stringify(index));
+  const crafted = path.join(root, 'crafted.tar');
+  await run('tar', ['-c', '-f', crafted, '-C', unpacked, 'guestlab-templates.json', key]);
+  await useCache('b');
+  await expect(importTemplates(crafted, log)).rejects.toThrow(/template import: template [0-9a-f]{32} in .*crafted\.tar is refused: its kernel or initrd is \/etc\/hostname, outside its image/);
   expect((await fs.readdir(new TemplateCache(log).dir)).filter((name) => !name.startsWith('.'))).toEqual([]);
 });

@@ -11,6 +11,7 @@ import { canonicalJson, differingInput, notCacheable, templateCacheKey, template
 import { createLogger } from '../../src/log.ts';
 import type { BuiltImage } from '../../src/images/image-dir.ts';
 import { HOTPLUG_PORTS } from '../../src/qemu/argv.ts';
+import { run } from '../../src/util/run.ts';
 
 const inputs: TemplateKeyInputs = {
   format: TEMPLATE_FORMAT,
@@ -98,26 +99,37 @@ describe('cache entries', () => {
   let warnings: string[];
   let cache: TemplateCache;
 
+  const savedCacheDir = process.env.GUESTLAB_CACHE_DIR;
+  let imageDir: string;
   beforeEach(async () => {
     root = await dir({ unsafeCleanup: true });
     warnings = [];
     cache = new TemplateCache(createLogger('test', (line) => warnings.push(line)), path.join(root.path, 'templates'));
+    // The image the key names, in this test's own cache: a template's overlay stands on its disk.
+    process.env.GUESTLAB_CACHE_DIR = path.join(root.path, 'cache');
+    imageDir = path.join(root.path, 'cache', 'images', `debian-12-${'b'.repeat(16)}`);
+    await fs.mkdir(imageDir, { recursive: true });
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(imageDir, 'disk.qcow2'), '64M']);
   });
-  afterEach(() => root.cleanup());
+  afterEach(async () => {
+    if (savedCacheDir === undefined) delete process.env.GUESTLAB_CACHE_DIR;
+    else process.env.GUESTLAB_CACHE_DIR = savedCacheDir;
+    await root.cleanup();
+  });
 
   /** A build that writes the files a real template has (small ones), in an instances directory. */
-  const fakeBuild = (calls: { n: number }, ramBytes = 4096, instancesDir = path.join(root.path, 'instances')) => async () => {
+  const fakeBuild = (calls: { n: number }, ramBytes = 4096, instancesDir = path.join(root.path, 'instances'), backing = path.join(imageDir, 'disk.qcow2')) => async () => {
     calls.n++;
     const instance = await createInstanceDir(instancesDir, 'tpl');
     await fs.writeFile(instance.file('state'), 'state');
     await fs.writeFile(instance.file('memory'), Buffer.alloc(ramBytes, 1));
-    await fs.writeFile(instance.file('overlay'), 'overlay');
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', backing.endsWith('.qcow2') ? 'qcow2' : 'raw', '-b', backing, instance.file('overlay')]);
     await fs.writeFile(instance.file('clientKey'), 'PRIVATE KEY', { mode: 0o600 });
     await fs.writeFile(instance.file('seed'), 'seed');
     return {
       instance,
       manifest: {
-        imageDir: '/images/debian-12-0123456789abcdef',
+        imageDir,
         bootTimeoutMs: 600_000,
         timings: { bootMs: 1, saveMs: 1, stateBytes: 5 },
         base: { hostPublicKey: 'ssh-ed25519 AAAA', hostname: 'tpl', kernel: undefined, seed: instance.file('seed'), fwCfg: undefined, cloudInit: 'ran' as const, uefi: undefined, resumeWaiter: false },
@@ -192,6 +204,38 @@ describe('cache entries', () => {
     await fs.writeFile(path.join(entry.dir, 'manifest.json'), '{"format":');
     expect(await cache.lookup(key, inputs)).toBeUndefined();
     expect(warnings.join('\n')).toMatch(/discarded: its manifest cannot be read/);
+  });
+
+  // A restored or imported cache could hold any manifest: whatever it points QEMU at must be the
+  // template's own, its image's, or this host's OVMF.
+  const tampered: [string, (manifest: Record<string, any>) => void, RegExp][] = [
+    ['a seed outside the template', (m) => (m.base.seed = '/etc/hostname'), /its seed is \/etc\/hostname, outside the template/],
+    ['an fw_cfg file outside the template', (m) => (m.base.fwCfg = [{ name: 'opt/x', file: '../../etc/hostname' }]), /fw_cfg entry opt\/x is \.\.\/\.\.\/etc\/hostname, outside the template/],
+    ['a kernel outside its image', (m) => (m.base.kernel = { kernel: '/boot/vmlinuz', initrd: '/etc/shadow', cmdline: '' }), /kernel or initrd is \/boot\/vmlinuz, outside its image/],
+    ['another image directory', (m) => (m.imageDir = '/etc'), /places its image in \/etc, not /],
+    ['foreign UEFI firmware', (m) => (m.base.uefi = { code: '/etc/hostname', vars: 'efivars.qcow2' }), /UEFI firmware is \/etc\/hostname, not this host's OVMF/],
+  ];
+  test.each(tampered)('an entry whose manifest names %s is discarded before any restore', async (_what, tamper, reason) => {
+    const key = templateCacheKey(inputs);
+    const { entry } = await cache.getOrBuild(key, inputs, fakeBuild({ n: 0 }), undefined);
+    const file = path.join(entry.dir, 'manifest.json');
+    const manifest = JSON.parse(await fs.readFile(file, 'utf8'));
+    tamper(manifest);
+    await fs.writeFile(file, JSON.stringify(manifest));
+    expect(await cache.lookup(key, inputs)).toBeUndefined();
+    expect(warnings.join('\n')).toMatch(reason);
+  });
+
+  test('an entry whose overlay stands on a host file, not its image, is discarded; a checked one is not checked again', async () => {
+    const key = templateCacheKey(inputs);
+    const { entry } = await cache.getOrBuild(key, inputs, fakeBuild({ n: 0 }), undefined);
+    expect(await fs.readdir(entry.dir)).toContain('.verified');
+    expect(await cache.lookup(key, inputs)).toBeDefined();
+    const overlay = path.join(entry.dir, 'disk.qcow2');
+    await fs.chmod(overlay, 0o600);
+    await run('qemu-img', ['rebase', '-u', '-f', 'qcow2', '-F', 'raw', '-b', '/etc/hostname', overlay]);
+    expect(await cache.lookup(key, inputs)).toBeUndefined();
+    expect(warnings.join('\n')).toMatch(/its disk stands on \/etc\/hostname, not its image's disk/);
   });
 
   test('a build that fails leaves nothing under its key, and the next start builds', async () => {
