@@ -42,11 +42,27 @@ export function isStatelessBuiltin(argv: readonly string[], options: Pick<ExecOp
 }
 
 /**
+ * argv[0] names the program. A word with "=" in it would be read as an assignment instead (by the
+ * shell when it comes first, by sudo and env anywhere before the program), and the next word run:
+ * ['FOO=bar', 'id'] would run id. It is refused on every path, so argv means the same everywhere.
+ */
+export function expectProgram(argv: readonly string[]): void {
+  if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
+  const program = argv[0];
+  if (typeof program === 'string' && program.includes('=')) {
+    throw new TypeError(
+      `Expected \`argv[0]\` to name a program, got ${JSON.stringify(program)}: a word with "=" would be read as an environment assignment. ` +
+        `Pass variables in \`env\` (exec(['id'], { env: { NAME: 'value' } })), or run such a program through a shell: ['sh', '-c', '"$0"', ${JSON.stringify(program)}].`,
+    );
+  }
+}
+
+/**
  * The command line for argv with the options around it; every argument quoted. `redacted`: the
  * line for messages, with each environment value shown as *** (env often carries secrets).
  */
 export function commandLine(argv: string[], options: ExecOptions, redacted = false): string {
-  if (!Array.isArray(argv)) throw new TypeError(`Expected \`argv\` to be an array of strings, got ${describeValue(argv)}`);
+  expectProgram(argv);
   const prefix: string[] = [];
   if (options.sudo) prefix.push('sudo', '-n', '--');
   if (options.timeoutMs !== undefined) {
@@ -128,6 +144,7 @@ export async function runOnAgent(agent: AgentClient, user: string, argv: string[
 /** Runs argv through the agent while it answers, on the SSH session otherwise (a launch's own commands). */
 export async function runOnAgentOrSession(channels: { agent?: AgentClient | undefined; session?: SshSession | undefined }, user: string, argv: string[], options: ExecOptions): Promise<ExecResult> {
   const { agent, session } = channels;
+  expectProgram(argv);
   if (agent && !agent.lost) return runOnAgent(agent, user, argv, options);
   if (!session) throw new GuestlabError('Cannot run a command in the guest: it has neither an agent nor an SSH session yet');
   return runCommand(session, argv, options);

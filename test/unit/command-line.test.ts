@@ -1,7 +1,7 @@
 // The command line a guest command becomes on the SSH path, and what error messages show of it:
 // every word quoted, and environment values (often tokens) never in a message.
 import { describe, expect, test } from 'vitest';
-import { commandLine, runCommand } from '../../src/guest/commands.ts';
+import { commandLine, runCommand, runOnAgentOrSession } from '../../src/guest/commands.ts';
 import type { SshSession } from '../../src/ssh/session.ts';
 import type { RawExecOptions } from '../../src/ssh/raw-exec.ts';
 
@@ -10,6 +10,16 @@ describe('commandLine', () => {
     expect(commandLine(['printenv', 'TOKEN'], { sudo: true, timeoutMs: 5000, env: { TOKEN: 'a b' }, cwd: '/tmp/x y' })).toBe(
       "cd '/tmp/x y' && sudo -n -- timeout -k 2 5 env 'TOKEN=a b' printenv TOKEN",
     );
+  });
+
+  test('a first word with "=" is refused before anything runs: sudo, env and the shell would take it for an assignment and run the next word', async () => {
+    for (const options of [{}, { sudo: true }, { env: { A: '1' } }]) {
+      expect(() => commandLine(['FOO=bar', 'id'], options)).toThrow(/`argv\[0\]` to name a program, got "FOO=bar".*Pass variables in `env`/);
+    }
+    // The agent path refuses it too, so that argv means the same on both.
+    await expect(runOnAgentOrSession({}, 'root', ['./FOO=bar'], {})).rejects.toThrow(/argv\[0\].*"\.\/FOO=bar"/);
+    // Later words are arguments and keep their "=".
+    expect(commandLine(['env', 'FOO=bar', 'id'], {})).toBe('env FOO=bar id');
   });
 
   test('the redacted line shows each environment value as ***', () => {
@@ -28,7 +38,7 @@ describe('commandLine', () => {
     } as unknown as SshSession;
     await runCommand(session, ['printenv', 'TOKEN'], { env: { TOKEN: 's3cret-value' } });
     await runCommand(session, ['true'], {});
-    expect(calls[0]!.command).toContain("'TOKEN=s3cret-value'");
+    expect(calls[0]!.command).toBe('env TOKEN=s3cret-value printenv TOKEN');
     expect(calls[0]!.options.label).toBe("env 'TOKEN=***' printenv TOKEN");
     expect(calls[1]!.options.label).toBeUndefined();
   });
