@@ -102,14 +102,20 @@ test('a template exported from one cache is imported into another, standing on t
   expect(await importTemplates(archive, log)).toMatchObject({ templates: [{ key, outcome: 'present' }] });
 });
 
-test('an archive with a damaged file or a foreign member is refused, and nothing enters the cache', async () => {
+/** A template made in cache "a", exported, and the archive unpacked: the directory it went to. */
+async function exportedAndUnpacked(): Promise<string> {
   await fakeTemplate(await useCache('a'));
   const archive = path.join(root, 'templates.tar');
   await exportTemplates([key], archive, log);
-  // Damage the state inside the archive: unpack, change, pack again with the same index.
   const unpacked = path.join(root, 'unpacked');
   await fs.mkdir(unpacked);
   await run('tar', ['-x', '-f', archive, '-C', unpacked]);
+  return unpacked;
+}
+
+test('an archive with a damaged file or a foreign member is refused, and nothing enters the cache', async () => {
+  // Damage the state inside the archive: unpack, change, pack again with the same index.
+  const unpacked = await exportedAndUnpacked();
   await fs.chmod(path.join(unpacked, key, 'vmstate'), 0o600);
   await fs.writeFile(path.join(unpacked, key, 'vmstate'), 'other');
   const damaged = path.join(root, 'damaged.tar');
@@ -125,13 +131,8 @@ test('an archive with a damaged file or a foreign member is refused, and nothing
 });
 
 test('an archive whose manifest points QEMU at a host file is refused, though its digests match', async () => {
-  await fakeTemplate(await useCache('a'));
-  const archive = path.join(root, 'templates.tar');
-  await exportTemplates([key], archive, log);
   // A crafted archive: its manifest names /etc/hostname as the guest's initrd, its index digests agree.
-  const unpacked = path.join(root, 'unpacked');
-  await fs.mkdir(unpacked);
-  await run('tar', ['-x', '-f', archive, '-C', unpacked]);
+  const unpacked = await exportedAndUnpacked();
   const manifestFile = path.join(unpacked, key, 'manifest.json');
   const manifest = JSON.parse(await fs.readFile(manifestFile, 'utf8'));
   manifest.base.kernel.initrd = '/etc/hostname';
