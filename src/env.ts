@@ -114,6 +114,7 @@ export const ENVIRONMENT = {
   ),
   GUESTLAB_TEMPLATES_DIR: location('the template cache', 'it is <cache>/templates'),
   GUESTLAB_TEMPLATE_CACHE_MIB: wholeNumber('size cap of the template cache; least recently used templates go first', 'the cap is 16384 MiB', 'MiB', 16384),
+  GUESTLAB_MAX_DOWNLOAD_MIB: wholeNumber('the largest image download accepted', 'a download may be up to 32768 MiB', 'MiB', 32768),
   GUESTLAB_OFFLINE: flag('never download: an image not in the cache fails at once', 'images are downloaded when needed'),
   GUESTLAB_OVMF_CODE: location('the OVMF firmware for UEFI guests', 'it is found where distributions install it'),
   GUESTLAB_OVMF_VARS: location('the OVMF variable store template for UEFI guests', 'it is found where distributions install it'),

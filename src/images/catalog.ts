@@ -9,7 +9,7 @@ import { GuestlabError, UnknownImageError } from '../errors.ts';
 import { guestlabPaths } from '../config.ts';
 import { isPlainObject } from '../util/validate.ts';
 import { loadYamlFile, type YamlFile } from '../util/yaml-file.ts';
-import { parseDigest } from './download.ts';
+import { isLocalHost, parseDigest } from './download.ts';
 import { IMAGE_NAME, listRecipes, loadRecipe, type ImageRecipe } from './recipe.ts';
 
 /** Every image file visible from here, first directory wins (recipes and download entries alike). */
@@ -121,6 +121,9 @@ export function parseDownloadEntry(yaml: YamlFile): DownloadEntry {
     }
   }
   const checksums = httpUrl('checksums');
+  if (checksums !== undefined && new URL(checksums).protocol === 'http:' && !isLocalHost(new URL(checksums).hostname)) {
+    throw yaml.error(['checksums'], `must be an https URL, got ${checksums}: a checksum file read over plain http can be changed on the way, and the download with it (or pin \`digest\`)`);
+  }
   if (digest === undefined && checksums === undefined) {
     throw yaml.error([], file !== undefined
       ? `needs \`digest\` for ${file}: add "digest: sha256:$(sha256sum ${file} | cut -d ' ' -f 1)"`

@@ -38,6 +38,8 @@ export interface PullOptions {
   offline?: boolean | undefined;
   /** Called as bytes arrive, at most every 200 ms, and once at the end. */
   onProgress?: ((progress: DownloadProgress) => void) | undefined;
+  /** A larger download is refused (default: GUESTLAB_MAX_DOWNLOAD_MIB, or 32 GiB). */
+  maxBytes?: number | undefined;
 }
 
 export interface PulledFile {
@@ -48,6 +50,13 @@ export interface PulledFile {
   downloaded: boolean;
 }
 
+/** What a download may be at most unless GUESTLAB_MAX_DOWNLOAD_MIB says otherwise. */
+export const DEFAULT_MAX_DOWNLOAD_MIB = 32 * 1024;
+/** A checksum file is a few lines per published file. */
+const MAX_CHECKSUM_FILE_BYTES = 8 * 1024 * 1024;
+const MAX_REDIRECTS = 5;
+
+const maxBytesOf = (options: PullOptions) => options.maxBytes ?? (readEnv('GUESTLAB_MAX_DOWNLOAD_MIB') ?? DEFAULT_MAX_DOWNLOAD_MIB) * 1024 * 1024;
 const isOffline = (options: PullOptions) => options.offline ?? readEnv('GUESTLAB_OFFLINE') === true;
 /** A file: URL (a user's local disk image) is read, never downloaded: offline mode allows it. */
 const isLocal = (url: string) => url.startsWith('file:');
@@ -75,7 +84,7 @@ async function expectedDigest(source: DownloadSource, options: PullOptions): Pro
   const remembered = await fs.readFile(record, 'utf8').then((text) => JSON.parse(text) as Digest).catch(() => undefined);
   if (remembered && isOffline(options)) return remembered;
   if (isOffline(options) && !isLocal(source.checksums)) throw offlineError(source, `its checksum file ${source.checksums}`);
-  const text = await fetchText(source.checksums, options.signal);
+  const text = await fetchText(source.checksums, options.signal, MAX_CHECKSUM_FILE_BYTES);
   const fileName = decodeURIComponent(new URL(source.url).pathname.split('/').at(-1) ?? '');
   const found = findChecksum(text, fileName);
   if (!found) throw new DownloadError(source.checksums, `The checksum file ${source.checksums} does not list ${fileName} (the file of image ${source.name}); check the entry's url and checksums.`);
@@ -107,7 +116,8 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
   let bytes = 0;
   let total: number | undefined;
   try {
-    const body = await openBody(source, options.signal);
+    const maxBytes = maxBytesOf(options);
+    const body = await openBody(source, options.signal, maxBytes);
     total = body.total;
     const hash = createHash(digest.algorithm);
     const started = performance.now();
@@ -121,6 +131,7 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
     const meter = new Transform({
       transform(chunk: Buffer, _encoding, callback) {
         bytes += chunk.length;
+        if (bytes > maxBytes) return callback(tooLarge(source, `more than ${maxBytes} bytes arrived`, maxBytes));
         hash.update(chunk);
         report(false);
         callback(null, chunk);
@@ -159,7 +170,7 @@ async function download(source: DownloadSource, digest: Digest, file: string, op
 }
 
 /** The body to hash and store: an HTTP response, or a local file for a file: URL. */
-async function openBody(source: DownloadSource, signal: AbortSignal | undefined): Promise<{ stream: Readable; total: number | undefined }> {
+async function openBody(source: DownloadSource, signal: AbortSignal | undefined, maxBytes: number): Promise<{ stream: Readable; total: number | undefined }> {
   const { url } = source;
   if (isLocal(url)) {
     const local = fileURLToPath(url);
@@ -168,14 +179,68 @@ async function openBody(source: DownloadSource, signal: AbortSignal | undefined)
     });
     return { stream: createReadStream(local), total: stat.size };
   }
-  const response = await fetch(url, { signal: signal ?? null }).catch((error: unknown) => {
-    throw connectionError(url, error, signal);
-  });
+  const response = await fetchFollowing(url, signal);
   if (!response.ok || !response.body) {
-    throw new DownloadError(url, `Downloading image ${source.name} failed: ${url} answered HTTP ${response.status} ${response.statusText}.`);
+    throw new DownloadError(url, `Downloading image ${source.name} failed: ${response.url || url} answered HTTP ${response.status} ${response.statusText}.`);
   }
   const length = Number(response.headers.get('content-length'));
-  return { stream: Readable.fromWeb(response.body), total: Number.isFinite(length) && length > 0 ? length : undefined };
+  const total = Number.isFinite(length) && length > 0 ? length : undefined;
+  if (total !== undefined && total > maxBytes) {
+    await response.body.cancel();
+    throw tooLarge(source, `its server announces ${total} bytes`, maxBytes);
+  }
+  return { stream: Readable.fromWeb(response.body), total };
+}
+
+function tooLarge(source: DownloadSource, what: string, maxBytes: number): DownloadError {
+  return new DownloadError(
+    source.url,
+    `The download of image ${source.name} from ${source.url} is refused: ${what}, over the limit of ${maxBytes} bytes. Nothing was cached. ` +
+      'If the image really is that large, raise GUESTLAB_MAX_DOWNLOAD_MIB.',
+  );
+}
+
+/**
+ * fetch(), following at most MAX_REDIRECTS redirects itself: each one must stay on http(s), must
+ * not go from https to plain http, and must not lead from another host to this machine's own
+ * addresses (a server on the network must not make guestlab read a local service).
+ */
+export async function fetchFollowing(url: string, signal: AbortSignal | undefined): Promise<Response> {
+  let current = new URL(url);
+  for (let hop = 0; ; hop++) {
+    const response = await fetch(current, { signal: signal ?? null, redirect: 'manual' }).catch((error: unknown) => {
+      throw connectionError(current.href, error, signal);
+    });
+    const location = response.headers.get('location');
+    if (response.status < 300 || response.status > 399 || location === null) return response;
+    await response.body?.cancel();
+    if (hop === MAX_REDIRECTS) throw new DownloadError(url, `Downloading ${url} failed: more than ${MAX_REDIRECTS} redirects (the last to ${location}). Use the file's final URL.`);
+    const next = new URL(location, current);
+    const refused = redirectRefusal(current, next);
+    if (refused) throw new DownloadError(url, `Downloading ${url} failed: its redirect from ${current.href} to ${next.href} is refused (${refused}). Use a URL that needs no such redirect.`);
+    current = next;
+  }
+}
+
+/** Why a redirect from `from` to `to` is not followed, or undefined. */
+export function redirectRefusal(from: URL, to: URL): string | undefined {
+  if (to.protocol !== 'https:' && to.protocol !== 'http:') return `${to.protocol} is not http(s)`;
+  if (from.protocol === 'https:' && to.protocol !== 'https:') return 'it leaves https for plain http';
+  if (to.username || to.password) return 'it carries credentials';
+  if (isLocalHost(to.hostname) && !isLocalHost(from.hostname)) return 'it leads from another host to an address of this machine';
+  return undefined;
+}
+
+/**
+ * A host name that means this machine or its link: loopback (127.0.0.0/8, ::1, localhost), the
+ * unspecified address, and link-local addresses (cloud metadata services live there).
+ */
+export function isLocalHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (host === 'localhost' || host.endsWith('.localhost')) return true;
+  if (/^127\.\d+\.\d+\.\d+$/.test(host) || /^169\.254\.\d+\.\d+$/.test(host) || host === '0.0.0.0') return true;
+  // IPv4-mapped IPv6 as the URL parser writes it: ::ffff:7f00:1 is 127.0.0.1, ::ffff:a9fe:... 169.254.x.x.
+  return host === '::1' || host === '::' || /^fe[89ab][0-9a-f]:/.test(host) || /^::ffff:(7f[0-9a-f]{2}|a9fe):/.test(host) || host === '::ffff:0:0';
 }
 
 function connectionError(url: string, error: unknown, signal: AbortSignal | undefined, when = ''): Error {
@@ -186,13 +251,24 @@ function connectionError(url: string, error: unknown, signal: AbortSignal | unde
   return new DownloadError(url, `Downloading ${url} failed${when ? ` ${when}` : ''}: ${detail}. Nothing was cached; check the URL and the network, then try again.`, { cause: error });
 }
 
-async function fetchText(url: string, signal: AbortSignal | undefined): Promise<string> {
+/** A checksum file: read whole, at most maxBytes, and only over https (or from this machine). */
+async function fetchText(url: string, signal: AbortSignal | undefined, maxBytes: number): Promise<string> {
   if (isLocal(url)) return fs.readFile(fileURLToPath(url), 'utf8');
-  const response = await fetch(url, { signal: signal ?? null }).catch((error: unknown) => {
-    throw connectionError(url, error, signal);
-  });
+  const response = await fetchFollowing(url, signal);
   if (!response.ok) throw new DownloadError(url, `Fetching ${url} failed: HTTP ${response.status} ${response.statusText}.`);
-  return response.text();
+  const final = new URL(response.url || url);
+  if (final.protocol !== 'https:' && !isLocalHost(final.hostname)) {
+    await response.body?.cancel();
+    throw new DownloadError(url, `The checksum file ${url} came over plain http (${final.href}): anyone on the way could change it, and the download with it. Use its https URL, or pin \`digest:\`.`);
+  }
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of Readable.fromWeb(response.body ?? new ReadableStream())) {
+    bytes += (chunk as Buffer).length;
+    if (bytes > maxBytes) throw new DownloadError(url, `The checksum file ${url} is larger than ${maxBytes} bytes: it is not a checksum file. Check the entry's checksums URL.`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function offlineError(source: DownloadSource, what: string): DownloadError {

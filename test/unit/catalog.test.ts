@@ -48,6 +48,7 @@ describe('download entries', () => {
     ['credentials in the URL', `url: https://user:secret@example.org/a.qcow2\ndigest: sha256:${SHA}\n`, /must not carry credentials/],
     ['a short digest', 'url: https://example.org/a.qcow2\ndigest: sha256:abc\n', /remote-bad\.yaml:2: `digest` expected a digest like "sha256:<64 hex digits>"/],
     ['digest and checksums', `url: https://example.org/a.qcow2\ndigest: sha256:${SHA}\nchecksums: https://example.org/SUMS\n`, /`checksums` cannot be given with `digest`/],
+    ['a checksum file over plain http', 'url: http://example.org/a.qcow2\nchecksums: http://example.org/SUMS\n', /remote-bad\.yaml:2: `checksums` must be an https URL, got http:\/\/example\.org\/SUMS: a checksum file read over plain http can be changed on the way/],
     ['a vmdk', `url: https://example.org/a.vmdk\ndigest: sha256:${SHA}\nformat: vmdk\n`, /`format` must be qcow2 or raw, got "vmdk" \(convert other formats with qemu-img convert -O qcow2\)/],
     ['an unknown firmware', `url: https://example.org/a.qcow2\ndigest: sha256:${SHA}\nfirmware: coreboot\n`, /`firmware` must be bios \(SeaBIOS\) or uefi \(OVMF\)/],
     ['a recipe field', `url: https://example.org/a.qcow2\ndigest: sha256:${SHA}\npackages: [vim]\n`, /`packages` is not a download entry field \(a recipe field: a file is either a recipe or a download entry, not both\)/],

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { dir } from 'tmp-promise';
 import { afterAll, afterEach, beforeAll, beforeEach, expect, test } from 'vitest';
-import { findChecksum, formatProgress, parseDigest, pullFile, type DownloadProgress } from '../../src/images/download.ts';
+import { findChecksum, formatProgress, isLocalHost, parseDigest, pullFile, redirectRefusal, type DownloadProgress } from '../../src/images/download.ts';
 
 const body = randomBytes(3 * 1024 * 1024 + 17);
 const sha256 = createHash('sha256').update(body).digest('hex');
@@ -48,6 +48,22 @@ beforeAll(async () => {
         res.writeHead(200, { 'content-length': String(body.length) });
         res.write(body.subarray(0, 1024 * 1024));
         return setTimeout(() => res.socket?.destroy(), 50);
+      case '/moved/disk.qcow2':
+        res.writeHead(302, { location: '/images/disk.qcow2' });
+        return res.end();
+      case '/loop/disk.qcow2':
+        res.writeHead(301, { location: '/loop/disk.qcow2' });
+        return res.end();
+      case '/ftp/disk.qcow2':
+        res.writeHead(302, { location: 'ftp://127.0.0.1/disk.qcow2' });
+        return res.end();
+      case '/unannounced/disk.qcow2':
+        // Chunked: no content-length to refuse it by.
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        return res.end(body);
+      case '/huge/SHA256SUMS':
+        res.writeHead(200);
+        return res.end(Buffer.alloc(9 * 1024 * 1024, 0x61));
       case '/images/SHA256SUMS':
         res.writeHead(200);
         return res.end(`${'0'.repeat(64)}  other.qcow2\n${sha256}  disk.qcow2\n`);
@@ -120,6 +136,44 @@ test('a wrong digest, a truncated body and a dropped connection fail clearly and
   await expect(pullFile({ name: 'test', url: `http://127.0.0.1:${port}/disk.qcow2`, digest: `sha256:${sha256}` }, { cacheDir })).rejects.toThrow(/failed: fetch failed: ECONNREFUSED/);
   // No partial file, no .part file, nothing under the digest.
   expect(await downloads()).toEqual([]);
+});
+
+test('redirects are followed by guestlab, at most five, only on http(s); a download over its size limit is refused, announced or not', async () => {
+  const digest = `sha256:${sha256}`;
+  const moved = await pullFile({ name: 'test', url: `${base}/moved/disk.qcow2`, digest }, { cacheDir });
+  expect(moved).toMatchObject({ downloaded: true, bytes: body.length });
+  expect(requests).toEqual(['/moved/disk.qcow2', '/images/disk.qcow2']);
+  await fs.rm(moved.path, { force: true });
+  await expect(pullFile({ name: 'test', url: `${base}/loop/disk.qcow2`, digest }, { cacheDir })).rejects.toThrow(/more than 5 redirects \(the last to \/loop\/disk\.qcow2\)/);
+  await expect(pullFile({ name: 'test', url: `${base}/ftp/disk.qcow2`, digest }, { cacheDir })).rejects.toThrow(/redirect from .* to ftp:\/\/127\.0\.0\.1\/disk\.qcow2 is refused \(ftp: is not http\(s\)\)/);
+
+  // Announced too large: refused before a byte is stored. Unannounced: stopped once the limit is passed.
+  await expect(pullFile({ name: 'big', url: `${base}/images/disk.qcow2`, digest }, { cacheDir, maxBytes: 1024 * 1024 })).rejects.toThrow(
+    new RegExp(`image big .* is refused: its server announces ${body.length} bytes, over the limit of 1048576 bytes\\. Nothing was cached\\. .*GUESTLAB_MAX_DOWNLOAD_MIB`),
+  );
+  process.env.GUESTLAB_MAX_DOWNLOAD_MIB = '1';
+  try {
+    await expect(pullFile({ name: 'big', url: `${base}/unannounced/disk.qcow2`, digest }, { cacheDir })).rejects.toThrow(/is refused: more than 1048576 bytes arrived/);
+  } finally {
+    delete process.env.GUESTLAB_MAX_DOWNLOAD_MIB;
+  }
+  await expect(pullFile({ name: 'test', url: `${base}/images/disk.qcow2`, checksums: `${base}/huge/SHA256SUMS` }, { cacheDir })).rejects.toThrow(/is larger than 8388608 bytes: it is not a checksum file/);
+  expect(await downloads()).toEqual([]);
+});
+
+test('which redirects are refused, and which hosts are this machine', () => {
+  const at = (url: string) => new URL(url);
+  expect(redirectRefusal(at('https://mirror.example/a'), at('https://cdn.example/a'))).toBeUndefined();
+  expect(redirectRefusal(at('http://mirror.example/a'), at('https://mirror.example/a'))).toBeUndefined();
+  expect(redirectRefusal(at('https://mirror.example/a'), at('http://mirror.example/a'))).toBe('it leaves https for plain http');
+  expect(redirectRefusal(at('https://mirror.example/a'), at('https://169.254.169.254/latest/meta-data'))).toBe('it leads from another host to an address of this machine');
+  expect(redirectRefusal(at('http://mirror.example/a'), at('http://localhost:8080/admin'))).toBe('it leads from another host to an address of this machine');
+  expect(redirectRefusal(at('http://127.0.0.1:1/a'), at('http://127.0.0.1:2/b'))).toBeUndefined();
+  expect(redirectRefusal(at('https://mirror.example/a'), at('https://user:pw@mirror.example/a'))).toBe('it carries credentials');
+  for (const host of ['127.0.0.1', '127.1.2.3', 'localhost', 'a.localhost', '[::1]', '169.254.169.254', '[fe80::1]', '0.0.0.0', '[::ffff:127.0.0.1]', '[::ffff:169.254.169.254]', '2130706433']) {
+    expect(isLocalHost(new URL(`http://${host}/`).hostname), host).toBe(true);
+  }
+  for (const host of ['10.0.2.2', '192.168.1.1', 'example.org', '[2001:db8::1]', '128.0.0.1']) expect(isLocalHost(new URL(`http://${host}/`).hostname), host).toBe(false);
 });
 
 test('GUESTLAB_OFFLINE=1 fails at once instead of downloading', async () => {
