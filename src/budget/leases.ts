@@ -32,6 +32,12 @@ export interface LeaseRecord {
   createdAt: number;
   /** The guest's QEMU, once it runs: its resident memory is measured at every admission. */
   qemuPid?: number | undefined;
+  /**
+   * Set when the guest was kept (GUESTLAB_KEEP): the lease is its QEMU's then (owner), until it
+   * exits, and holds the guest's memory but no CPUs (an idle guest waiting for a user takes little
+   * CPU, and a run that keeps guests must not starve its own later tests of CPUs).
+   */
+  keptAt?: string | undefined;
 }
 
 export interface Lease {
@@ -40,6 +46,12 @@ export interface Lease {
   /** Records the QEMU that uses this lease, so that its real memory use is counted. */
   attach(qemuPid: number): Promise<void>;
   release(): Promise<void>;
+  /**
+   * Gives the lease to a kept guest's QEMU, which outlives this process: it holds the guest's memory
+   * (not its CPUs) while that process lives, and the next look after it exits reclaims it. This
+   * process no longer holds it (release() does nothing then).
+   */
+  handOver(owner: ProcessIdentity): Promise<void>;
 }
 
 /**
@@ -128,7 +140,8 @@ async function measured(leases: LeaseRecord[]): Promise<Held[]> {
 
 /** What the budget holds now, measured: the input of every admission and of `guestlab budget`. */
 export async function budgetSnapshot(dir: string, log?: Logger) {
-  const leases = await measured((await reclaimDead(path.join(dir, LEASES), log)).live);
+  const live = (await reclaimDead(path.join(dir, LEASES), log)).live;
+  const leases = await measured(live);
   const queueRecords = (await reclaimDead(path.join(dir, QUEUE), log)).live.sort((a, b) => a.id.localeCompare(b.id));
   const cpus = await detectCpus();
   const memory = await memoryNow();
@@ -136,7 +149,8 @@ export async function budgetSnapshot(dir: string, log?: Logger) {
   const free = memory.fixedMiB !== undefined ? Math.max(0, memory.fixedMiB - usedOf(leases).memoryMiB) : memoryFreeMiB(memory.availableMiB, memory.reserveMiB, leases);
   // All the memory guests could have if every running guest stopped.
   const wholeMemoryMiB = memory.fixedMiB ?? Math.max(0, memory.availableMiB - memory.reserveMiB + leases.reduce((sum, l) => sum + (l.measuredMiB ?? 0), 0));
-  return { leases, queue: queueRecords, cpus, memory, memoryFreeMiB: free, wholeMemoryMiB };
+  const kept = live.filter((l) => l.keptAt !== undefined).map((l) => l.guest);
+  return { leases, queue: queueRecords, cpus, memory, memoryFreeMiB: free, wholeMemoryMiB, kept };
 }
 
 export interface AcquireOptions {
@@ -211,9 +225,10 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
       if (Date.now() - lastReport > 30_000) {
         lastReport = Date.now();
         const used = usedOf(now.leases);
+        const kept = now.kept.length ? `; kept guests (${now.kept.join(', ')}) hold their memory until they are stopped (guestlab stop GUEST, or guestlab gc --kept)` : '';
         options.log.info(
           `waiting for the budget: needs ${request.cpus} CPU/${request.memoryMiB} MiB; ${now.leases.length} guest(s) hold ` +
-            `${used.cpus}/${now.cpus.cpus} CPU; ${now.memoryFreeMiB} MiB free for guests (${now.memory.source}); ${decision.ahead} request(s) ahead`,
+            `${used.cpus}/${now.cpus.cpus} CPU; ${now.memoryFreeMiB} MiB free for guests (${now.memory.source}); ${decision.ahead} request(s) ahead${kept}`,
         );
       }
       await sleep(options.pollMs ?? 250, undefined, { signal: options.signal }).catch(() => undefined);
@@ -236,6 +251,12 @@ export async function acquireLease(options: AcquireOptions): Promise<Lease> {
       if (released) return;
       released = true;
       await fs.rm(leaseFile(), { force: true });
+    },
+    handOver: async (newOwner) => {
+      if (released) return;
+      released = true;
+      const record = JSON.parse(await fs.readFile(leaseFile(), 'utf8')) as LeaseRecord;
+      await writeFileAtomic(leaseFile(), JSON.stringify({ ...record, owner: newOwner, cpus: 0, keptAt: new Date().toISOString() } satisfies LeaseRecord));
     },
   };
 }

@@ -3,13 +3,13 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { detectLimits } from '../budget/limits.ts';
-import { budgetDir, budgetState } from '../budget/leases.ts';
+import { budgetDir, budgetState, sweepLeases } from '../budget/leases.ts';
 import { usedOf } from '../budget/policy.ts';
 import { guestlabPaths } from '../config.ts';
 import { INSTANCE_FILES } from '../guest/instance.ts';
 import { sshCommand } from '../guest/keep.ts';
 import { closeQemuByPid } from '../qemu/close.ts';
-import { readOwnerRecord, sweep, taggedQemus, type TaggedQemu } from '../reaper/sweep.ts';
+import { readOwnerRecord, removeOwnedDir, sweep, taggedQemus, type TaggedQemu } from '../reaper/sweep.ts';
 import { command } from './args.ts';
 import { printTable } from './table.ts';
 
@@ -89,8 +89,10 @@ export const stop = command(
     // Its own QEMU: the instance's tag, and its QMP socket in this very directory.
     const qemu = (await taggedQemus()).find((q) => q.instanceId === info.id && q.instanceDir !== undefined && path.resolve(q.instanceDir) === path.resolve(info.dir));
     if (qemu) await quitQemu(info.dir, qemu);
-    await fs.rm(info.dir, { recursive: true, force: true });
-    console.log(`stopped guest ${info.name} (instance ${info.id}${qemu ? `, QEMU pid ${qemu.pid}` : ', QEMU was not running'}) and removed ${info.dir}`);
+    await removeOwnedDir(info.dir);
+    // A kept guest's budget lease is its QEMU's: free now that QEMU is gone.
+    const freed = qemu ? (await sweepLeases()).some((lease) => lease.owner.pid === qemu.pid) : false;
+    console.log(`stopped guest ${info.name} (instance ${info.id}${qemu ? `, QEMU pid ${qemu.pid}` : ', QEMU was not running'}) and removed ${info.dir}${freed ? '; its budget lease is free' : ''}`);
     return 0;
   },
 );

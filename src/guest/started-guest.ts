@@ -30,6 +30,7 @@ import { applyChange, Rehearsal, type AppliedChange, type GuestChange } from './
 import { releaseResources, type RunningResources } from './resources.ts';
 import type { BootTimings, ExecOptions, GuestNetworkInfo, SshInfo } from './types.ts';
 import { timeoutScale, type WaitOptions } from './waits.ts';
+import { processStartTime } from '../host/process-identity.ts';
 
 export type { ExecResult };
 export type { BootTimings, ExecOptions, GuestNetworkInfo, SshInfo } from './types.ts';
@@ -360,8 +361,11 @@ export class StartedGuest implements AsyncDisposable {
     this.#channels.close(new GuestStoppedError(this.name));
     monitor.close();
     qemu.detach();
-    // A kept guest is the user's now; it no longer counts against this run's budget.
-    await lease?.release();
+    // A kept guest is the user's now, and its QEMU holds its budget lease: the budget counts its
+    // memory until the user stops it (the next look after QEMU exits reclaims the lease).
+    const start = processStartTime(qemu.pid);
+    if (start === undefined) await lease?.release();
+    else await lease?.handOver({ pid: qemu.pid, start });
     return keepInstructions(this, why);
   }
 

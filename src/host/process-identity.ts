@@ -34,9 +34,19 @@ export function currentIdentity(): ProcessIdentity {
   return self;
 }
 
-/** True only when the pid runs and is the same process (not a later one that reused the pid). */
+/**
+ * True only when the pid runs and is the same process (not a later one that reused the pid). A
+ * zombie (exited, not yet reaped by its parent) is dead: it holds nothing any more.
+ */
 export function isAlive(identity: ProcessIdentity): boolean {
-  return processStartTime(identity.pid) === identity.start;
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${identity.pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+  return state !== 'Z' && state !== 'X' && parseStatStartTime(stat) === identity.start;
 }
 
 export function processCmdline(pid: number): string[] | undefined {

@@ -69,7 +69,7 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
     expect(await fs.readFile(saved, 'utf8')).toContain('Failed to start flaky-daemon.service');
     expect((await fs.stat(saved)).mode & 0o777).toBe(0o600);
 
-    // Kept: the instructions name the instance; the guest is still up, outside the budget.
+    // Kept: the instructions name the instance; the guest is still up.
     const kept = /kept guest evidence \(instance (evidence-[0-9a-f]+)\) running because test "the daemon is running[^"]*" failed/.exec(output);
     expect(kept, output).not.toBeNull();
     const id = kept![1]!;
@@ -79,10 +79,16 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
     // The failed test of the other file kept its guest too; the test after it did not.
     const keptLater = [...output.matchAll(/kept guest later \(instance (later-[0-9a-f]+)\) running because test "([^"]+)" failed/g)];
     expect(keptLater.map((m) => m[2])).toEqual(['fails first']);
-    expect(await qemuPidsMentioning(suite.instancesDir)).toHaveLength(2);
-    expect((await cli(['stop', keptLater[0]![1]!])).exitCode).toBe(0);
+    // Each kept guest holds its budget lease (its QEMU's now) until it is stopped.
+    const qemus = await qemuPidsMentioning(suite.instancesDir);
+    expect(qemus).toHaveLength(2);
+    const leaseOwners = async () => Promise.all((await fs.readdir(path.join(suite.budgetDir, 'leases'))).map(async (f) => (JSON.parse(await fs.readFile(path.join(suite.budgetDir, 'leases', f), 'utf8')) as { owner: { pid: number } }).owner.pid));
+    expect((await leaseOwners()).sort()).toEqual([...qemus].sort());
+    const stopLater = await cli(['stop', keptLater[0]![1]!]);
+    expect(stopLater.exitCode).toBe(0);
+    expect(stopLater.all).toContain('; its budget lease is free');
     expect(await qemuPidsMentioning(suite.instancesDir)).toHaveLength(1);
-    expect(await fs.readdir(path.join(suite.budgetDir, 'leases'))).toEqual([]);
+    expect(await leaseOwners()).toEqual(await qemuPidsMentioning(suite.instancesDir));
 
     const ps = await cli(['ps']);
     expect(ps.all).toMatch(new RegExp(`${id} .* kept`));
@@ -96,6 +102,7 @@ test('a failed guest test carries its evidence in every report, and GUESTLAB_KEE
     expect(stop.all).toContain(`stopped guest evidence (instance ${id}`);
     expect(await qemuPidsMentioning(suite.instancesDir)).toEqual([]);
     expect(await fs.readdir(suite.instancesDir)).toEqual([]);
+    expect(await fs.readdir(path.join(suite.budgetDir, 'leases'))).toEqual([]);
   } finally {
     await cli(['gc', '--kept']);
     await suite.cleanup();

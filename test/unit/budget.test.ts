@@ -117,6 +117,27 @@ describe('leases', () => {
     await lease.release();
   });
 
+  test("a kept guest's lease is its QEMU's: it holds the guest's memory but no CPUs until QEMU exits", async () => {
+    const qemu = spawn('sleep', ['300']);
+    children.push(qemu);
+    await once(qemu, 'spawn');
+    const kept = await acquireLease({ guest: 'kept', cpus: 2, memoryMiB: 512, log });
+    await kept.handOver({ pid: qemu.pid!, start: processStartTime(qemu.pid!)! });
+    await kept.release(); // no longer this process's to release
+    expect((await budgetState()).leases).toMatchObject([{ guest: 'kept', owner: { pid: qemu.pid }, cpus: 0, keptAt: expect.any(String) }]);
+    // Its CPUs are free: a 1-CPU guest fits at once. Its memory is not: the budget holds two guests.
+    const a = await acquireLease({ guest: 'a', cpus: 1, memoryMiB: 512, log });
+    const lines: string[] = [];
+    const waiting = acquireLease({ guest: 'b', cpus: 1, memoryMiB: 512, log: createLogger('test', (line) => lines.push(line)), pollMs: 20 });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(lines.join('\n')).toMatch(/waiting for the budget: .*kept guests \(kept\) hold their memory until they are stopped \(guestlab stop GUEST, or guestlab gc --kept\)/);
+    // The user stops the kept guest: its QEMU exits, and the next look reclaims the lease.
+    qemu.kill('SIGKILL');
+    const b = await waiting;
+    expect((await budgetState()).leases.map((l) => l.guest).sort()).toEqual(['a', 'b']);
+    await Promise.all([a.release(), b.release()]);
+  });
+
   test('a stale lease naming a live, unrelated process (reused pid) is cleaned without signalling it', async () => {
     const bystander = spawn('sleep', ['300']);
     children.push(bystander);
