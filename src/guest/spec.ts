@@ -44,6 +44,12 @@ export interface GuestSpec {
    * vm.mount() adds one at run time, and mounting again shows later changes.
    */
   mounts?: MountSpec[];
+  /**
+   * false: the guest opens no connection out of its user-mode network, neither to the internet nor
+   * to the host (10.0.2.2 reaches the host's 127.0.0.1 otherwise). SSH, vm.forward() and the
+   * command channel work as before: they come in from the host. Default true.
+   */
+  internet?: boolean;
 }
 
 export interface ResolvedSpec {
@@ -60,9 +66,11 @@ export interface ResolvedSpec {
   firmware: 'bios' | 'uefi' | undefined;
   /** Host directories checked by specFrom() (they must exist); undefined: none. */
   mounts?: ResolvedMount[] | undefined;
+  /** False: QEMU's user-mode network is restricted (restrict=on); left out of JSON when true. */
+  internet?: false | undefined;
 }
 
-const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks', 'firmware', 'mounts'] as const;
+const SPEC_KEYS = ['image', 'cpus', 'memoryMiB', 'cloudConfig', 'name', 'accel', 'bootTimeoutMs', 'user', 'networks', 'firmware', 'mounts', 'internet'] as const;
 const NETWORK = /^[a-z][a-z0-9-]{0,30}$/;
 const HOSTNAME = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
 const USERNAME = /^[a-z_][a-z0-9_-]{0,30}$/;
@@ -102,7 +110,14 @@ export function resolveSpec(spec: GuestSpec): ResolvedSpec {
     networks: resolveNetworks(spec.networks),
     // Last, and left out of JSON when unset: template keys of specs without it stay as they were.
     firmware: spec.firmware === undefined ? undefined : expectOneOf('firmware', spec.firmware, ['bios', 'uefi'] as const),
+    ...(resolveInternet(spec.internet) ? {} : { internet: false as const }),
   };
+}
+
+function resolveInternet(value: unknown): boolean {
+  if (value === undefined || value === true) return true;
+  if (value === false) return false;
+  throw new TypeError(`Expected \`internet\` to be true or false, got ${describeValue(value)}`);
 }
 
 function resolveNetworks(value: GuestSpec['networks']): ResolvedSpec['networks'] {

@@ -29,8 +29,12 @@ export interface TemplateKeyInputs {
   image: { name: string; hash: string };
   /** The guest agent's source: downloaded images get it through cloud-init. */
   agent: string;
-  /** The spec without its name, its boot timeout, its mounts (a cached spec has none) and its networks (joined after the restore). */
-  spec: Omit<ResolvedSpec, 'name' | 'bootTimeoutMs' | 'mounts' | 'networks'>;
+  /**
+   * The spec without its name, its boot timeout, its mounts (a cached spec has none), its networks
+   * (joined after the restore) and `internet` (how QEMU's user network treats the guest's outbound
+   * connections: host configuration, not the guest's).
+   */
+  spec: Omit<ResolvedSpec, 'name' | 'bootTimeoutMs' | 'mounts' | 'networks' | 'internet'>;
 }
 /** Why a spec is not restored from the cache, or undefined when it can be. */
 export function notCacheable(spec: ResolvedSpec, option: boolean | undefined): string | undefined {
@@ -70,7 +74,7 @@ async function cpuIdentity(accel: Accel): Promise<string> {
 
 export async function templateKeyInputs(spec: ResolvedSpec, accel: Accel, machine: string, image: BuiltImage, host?: Pick<HostFacts, 'qemu'>): Promise<TemplateKeyInputs> {
   const facts = host ?? (await probeQemu());
-  const { name: _name, bootTimeoutMs: _timeout, mounts: _mounts, networks: _networks, ...rest } = spec;
+  const { name: _name, bootTimeoutMs: _timeout, mounts: _mounts, networks: _networks, internet: _internet, ...rest } = spec;
   return {
     format: TEMPLATE_FORMAT,
     guestlab: await guestlabVersion(),

@@ -53,6 +53,11 @@ export interface QemuConfig {
   memoryFile?: { path: string; shared: boolean } | undefined;
   /** Host port forwarded to the guest's port 22; 0 lets the kernel choose (read back through QMP). */
   sshHostPort: number;
+  /**
+   * The user network lets the guest open no connection (restrict=on): nothing to the internet and
+   * nothing to the host's loopback through 10.0.2.2. Forwards from the host keep working.
+   */
+  restrictUserNet?: boolean | undefined;
   /** NICs on private networks: QEMU stream netdevs that connect to the network switch's unix socket. */
   extraNics?: { id: string; mac: string; socketPath: string }[];
   /**
@@ -168,7 +173,7 @@ export function buildQemuArgv(config: QemuConfig): string[] {
     '-device', 'virtio-blk-pci,drive=disk0',
     ...(config.seed ? ['-drive', `if=none,id=seed0,file=${optValue(config.seed)},format=raw,readonly=on`, '-device', 'virtio-blk-pci,drive=seed0'] : []),
     ...(config.fwCfg ?? []).flatMap((entry) => ['-fw_cfg', `name=${optValue(entry.name)},file=${optValue(entry.file)}`]),
-    '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
+    '-netdev', `user,id=net0,${config.restrictUserNet ? 'restrict=on,' : ''}hostfwd=tcp:127.0.0.1:${config.sshHostPort}-:22`,
     '-device', `virtio-net-pci,netdev=net0,mac=${USER_NIC_MAC}`,
     ...(config.extraNics ?? []).flatMap((nic) => [
       '-netdev', `stream,id=${optValue(nic.id)},server=off,addr.type=unix,addr.path=${optValue(nic.socketPath)}`,

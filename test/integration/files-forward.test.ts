@@ -1,34 +1,35 @@
 // Files in and out of a real guest, and a port forwarded from the host at run time.
 import { execFile } from 'node:child_process';
+import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { GuestCommandError, type StartedGuest } from 'guestlab';
+import { GuestCommandError, startGuest, type StartedGuest } from 'guestlab';
 import { guestFixture } from 'guestlab/vitest';
 import { dir } from 'tmp-promise';
 import { afterAll, beforeAll, describe, expect, test as base } from 'vitest';
 
 const run = promisify(execFile);
 
-const test = base.extend<{ vm: StartedGuest }>({
-  vm: guestFixture({
-    image: 'debian-12',
-    name: 'files',
-    cloudConfig: {
-      // A web server on port 80 serving one page, as a unit so that it is up once boot is done.
-      write_files: [
-        { path: '/srv/www/index.html', content: '<h1>hello from the guest</h1>\n' },
-        {
-          path: '/etc/systemd/system/www.service',
-          content: '[Unit]\nDescription=test web server\n[Service]\nExecStart=/usr/bin/python3 -m http.server 80 --directory /srv/www\n[Install]\nWantedBy=multi-user.target\n',
-        },
-      ],
-      runcmd: [['systemctl', 'enable', '--now', 'www.service']],
-    },
-  }),
-});
+const SPEC = {
+  image: 'debian-12',
+  name: 'files',
+  cloudConfig: {
+    // A web server on port 80 serving one page, as a unit so that it is up once boot is done.
+    write_files: [
+      { path: '/srv/www/index.html', content: '<h1>hello from the guest</h1>\n' },
+      {
+        path: '/etc/systemd/system/www.service',
+        content: '[Unit]\nDescription=test web server\n[Service]\nExecStart=/usr/bin/python3 -m http.server 80 --directory /srv/www\n[Install]\nWantedBy=multi-user.target\n',
+      },
+    ],
+    runcmd: [['systemctl', 'enable', '--now', 'www.service']],
+  },
+};
+
+const test = base.extend<{ vm: StartedGuest }>({ vm: guestFixture(SPEC) });
 
 let scratch: { path: string; cleanup: () => Promise<void> };
 beforeAll(async () => {
@@ -132,5 +133,33 @@ describe('forward', () => {
   test('an invalid port is refused', async ({ vm }) => {
     await expect(vm.forward(0)).rejects.toThrow(/guestPort/);
     await expect(vm.forward(70000)).rejects.toThrow(/1 to 65535/);
+  });
+});
+
+describe('internet: false', () => {
+  test('the guest cannot reach the host\'s loopback through 10.0.2.2; SSH, forwards and commands still come in', async ({ vm }) => {
+    // A service on the host's 127.0.0.1 only, as test databases and other guests' forwards are.
+    const server = net.createServer((socket) => socket.end('host loopback\n'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as net.AddressInfo;
+    const probe = ['timeout', '5', 'bash', '-c', `exec 3<>/dev/tcp/10.0.2.2/${port} && cat <&3`];
+    const fenced = await startGuest({ ...SPEC, name: 'fenced', internet: false });
+    try {
+      // The default guest reaches it (QEMU's user network maps 10.0.2.2 to the host's loopback).
+      expect(await vm.succeed(probe)).toBe('host loopback\n');
+      // Same template, restored with the user network restricted: the connection goes nowhere.
+      expect(fenced.timings.template?.key).toBe(vm.timings.template?.key);
+      const refused = await fenced.fail(probe);
+      expect(refused.stdout).toBe('');
+      // What comes in from the host still works: the agent, SSH and a forward.
+      expect(await fenced.succeed(['hostname'])).toBe('fenced\n');
+      expect(await fenced.succeed(['hostname'], { via: 'ssh' })).toBe('fenced\n');
+      await fenced.waitForPort(80);
+      const forwarded = await fenced.forward(80);
+      expect(await (await fetch(`http://127.0.0.1:${forwarded}/`)).text()).toBe('<h1>hello from the guest</h1>\n');
+    } finally {
+      await fenced.stop();
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });

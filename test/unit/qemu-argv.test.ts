@@ -56,6 +56,8 @@ describe('buildQemuArgv', () => {
   test('SSH is forwarded from 127.0.0.1 only', () => {
     const [netdev] = option(buildQemuArgv({ ...base, sshHostPort: 2222 }), '-netdev');
     expect(netdev).toBe('user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22');
+    // internet: false: the guest opens nothing, forwards from the host still come in.
+    expect(option(buildQemuArgv({ ...base, sshHostPort: 2222, restrictUserNet: true }), '-netdev')[0]).toBe('user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22');
   });
 
   test('QMP on a unix socket, serial console to a file, direct kernel boot', () => {

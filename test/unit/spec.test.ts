@@ -21,6 +21,7 @@ describe('resolveSpec', () => {
     [{ name: 'Bad_Name' }, 'Invalid `name` "Bad_Name" (string): use lowercase letters'],
     [{ cloudConfig: 'x' }, 'Expected `cloudConfig` to be a plain object'],
     [{ memory: 1 }, 'Unknown guest spec option `memory`'],
+    [{ internet: 'no' }, 'Expected `internet` to be true or false, got "no" (string)'],
   ])('%o is refused with a TypeError naming the option', (bad, message) => {
     expect(() => resolveSpec({ image: 'debian-12', ...(bad as object) })).toThrow(TypeError);
     expect(() => resolveSpec({ image: 'debian-12', ...(bad as object) })).toThrow(message);

@@ -58,16 +58,17 @@ describe('the template key', () => {
     expect(templateCacheKey(c)).not.toBe(templateCacheKey(d));
   });
 
-  test('leaves out the name and the boot timeout: specs that differ only there share a template', async () => {
+  test('leaves out the name, the boot timeout and internet: specs that differ only there share a template', async () => {
     const image = { name: 'debian-12', hash: 'b'.repeat(16) } as BuiltImage;
     const host = { qemu: { name: 'qemu-system-x86_64', path: '/usr/bin/qemu-system-x86_64', version: '7.2.0' } };
-    const web = await templateKeyInputs(resolveSpec({ image: 'debian-12', name: 'web', bootTimeoutMs: 5000 }), 'tcg', 'pc-q35-7.2', image, host);
+    const web = await templateKeyInputs(resolveSpec({ image: 'debian-12', name: 'web', bootTimeoutMs: 5000, internet: false }), 'tcg', 'pc-q35-7.2', image, host);
     const db = await templateKeyInputs(resolveSpec({ image: 'debian-12', name: 'db' }), 'tcg', 'pc-q35-7.2', image, host);
     expect(templateCacheKey(web)).toBe(templateCacheKey(db));
     const bigger = await templateKeyInputs(resolveSpec({ image: 'debian-12', name: 'db', cpus: 2 }), 'tcg', 'pc-q35-7.2', image, host);
     expect(templateCacheKey(bigger)).not.toBe(templateCacheKey(db));
     expect(web.spec).not.toHaveProperty('name');
     expect(web.spec).not.toHaveProperty('bootTimeoutMs');
+    expect(web.spec).not.toHaveProperty('internet');
     expect(web.cpu).toBe('Westmere-v1');
   });
 

@@ -88,6 +88,7 @@ export const qemuStep: LaunchStep = {
       serialLog: instance.file('serial'),
       serialAppend: media.serialAppend,
       sshHostPort: 0,
+      restrictUserNet: spec.internet === false,
       extraNics: state.attachments.map((a, i) => ({ id: `lan${i}`, mac: a.mac, socketPath: a.socketPath })),
       incoming: media.incoming && (media.incoming.ignoreShared ? 'defer' : media.incoming.uri),
       memoryFile: media.memoryFile,
