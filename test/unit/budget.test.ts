@@ -33,6 +33,27 @@ describe('process identity', () => {
     expect(isAlive({ pid: me.pid, start: me.start + 1 })).toBe(false);
     expect(processStartTime(2 ** 22 + 12345)).toBeUndefined();
   });
+
+  test('a zombie (exited, not reaped) is dead', async () => {
+    // sh starts a child that exits at once, then becomes `sleep`, which never reaps it.
+    const parent = spawn('sh', ['-c', 'true & exec sleep 30']);
+    onTestFinished(() => {
+      parent.kill('SIGKILL');
+    });
+    await once(parent, 'spawn');
+    let zombie: number | undefined;
+    for (let i = 0; i < 100 && zombie === undefined; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const children = await fs.readFile(`/proc/${parent.pid}/task/${parent.pid}/children`, 'utf8').catch(() => '');
+      const pid = Number(children.trim().split(' ')[0]);
+      if (pid && (await fs.readFile(`/proc/${pid}/stat`, 'utf8')).includes(') Z ')) zombie = pid;
+    }
+    expect(zombie).toBeDefined();
+    const start = processStartTime(zombie!);
+    expect(start).toBeDefined();
+    expect(isAlive({ pid: zombie!, start: start! })).toBe(false);
+    expect(isAlive({ pid: parent.pid!, start: processStartTime(parent.pid!)! })).toBe(true);
+  });
 });
 
 describe('leases', () => {
