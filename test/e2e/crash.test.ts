@@ -20,7 +20,7 @@ async function gc(suite: Suite): Promise<string> {
   return stdout;
 }
 
-async function killDuringBoot(which: 'worker' | 'main'): Promise<void> {
+async function killDuringBoot(which: 'worker' | 'main', signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
   const suite = await createSuite(bootingSuite);
   try {
     const run = suite.run();
@@ -28,10 +28,10 @@ async function killDuringBoot(which: 'worker' | 'main'): Promise<void> {
     const worker = await parentPid(qemu);
     const victim = which === 'worker' ? worker : run.pid!;
     expect(victim).not.toBe(process.pid);
-    process.kill(victim, 'SIGKILL');
+    process.kill(victim, signal);
     const killedAt = Date.now();
     await waitFor('QEMU to die with its owner', 10_000, async () => ((await qemuPidsMentioning(suite.instancesDir)).length === 0 ? true : undefined));
-    console.log(`SIGKILL of the ${which}: QEMU gone after ${Date.now() - killedAt} ms`);
+    console.log(`${signal} of the ${which}: QEMU gone after ${Date.now() - killedAt} ms`);
     if (which === 'main') await waitFor('the worker to exit', 10_000, async () => (await fs.access(`/proc/${worker}`).then(() => undefined, () => true)));
     await run;
 
@@ -50,6 +50,10 @@ async function killDuringBoot(which: 'worker' | 'main'): Promise<void> {
 test('SIGKILL of a vitest worker while its guest boots takes QEMU with it', () => killDuringBoot('worker'));
 
 test('SIGKILL of the main vitest process while a guest boots takes QEMU with it', () => killDuringBoot('main'));
+
+test('SIGTERM of the main vitest process while a guest boots takes QEMU with it', () => killDuringBoot('main', 'SIGTERM'));
+
+test('SIGINT (Ctrl-C) of the main vitest process while a guest boots takes QEMU with it', () => killDuringBoot('main', 'SIGINT'));
 
 test('a test whose timeout is shorter than the boot fails, and its guest is reaped', async () => {
   const suite = await createSuite({
