@@ -1,8 +1,9 @@
 // A running, reachable guest: the facade users hold. Its parts do the work: commands.ts (exec over
 // SSH), conditions.ts (waits), files.ts, forwards.ts, checkpoints.ts and rehearsal.ts, and
 // resources.ts (teardown).
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { ExecResult } from '../exec-result.ts';
-import { GuestlabError, GuestStoppedError } from '../errors.ts';
+import { GuestCommandError, GuestlabError, GuestStoppedError } from '../errors.ts';
 import { fileInfo, type FileInfo } from '../inspect/files.ts';
 import { packageInfo, type PackageInfo } from '../inspect/packages.ts';
 import type { ListeningSocket } from '../inspect/sockets.ts';
@@ -17,7 +18,7 @@ import { Checkpoints, type CheckpointInfo, type RestoreTimings } from './checkpo
 import type { MountSpec } from '../mounts/mount-spec.ts';
 import { GuestMounts, type GuestMount } from './mounts.ts';
 import { GuestChannels } from './channels.ts';
-import { toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
+import { describeCommand, toArgv, unexpectedOutcome, type ArgvOrScript } from './commands.ts';
 import { readConsole, waitForConsole, waitForFile, waitForPort, waitForUnit, waitUntil } from './conditions.ts';
 import { collectEvidence, type GuestEvidence } from './evidence.ts';
 import { copyFromGuest, copyToGuest, type FileGuest, readGuestFile, writeGuestFile, type ReadFileOptions, type WriteFileOptions } from './files.ts';
@@ -153,9 +154,23 @@ export class StartedGuest implements AsyncDisposable {
   /** Runs argv in the guest. Every argument is quoted, so the guest's shell never re-parses it. */
   async exec(argv: string[], options: ExecOptions = {}): Promise<ExecResult> {
     this.#checkUsable();
-    return this.#channels.exec(argv, options).catch((error: unknown) => {
-      throw this.#resources.diskFull ?? error;
+    return this.#channels.exec(argv, options).catch(async (error: unknown) => {
+      throw this.#resources.diskFull ?? (await this.#qemuGoneInstead(error, `while guest ${this.name} ran ${describeCommand(argv)}`));
     });
+  }
+
+  /**
+   * The error to report for a channel that failed: QEMU's exit when QEMU has exited (its channels
+   * close a moment before the exit is seen, so it is given a second), `error` otherwise.
+   */
+  async #qemuGoneInstead(error: unknown, during: string): Promise<unknown> {
+    const { qemu } = this.#resources;
+    if (this.#stopping || error instanceof GuestCommandError) return error;
+    if (!qemu.exit) await Promise.race([qemu.exited, sleep(1000)]);
+    const gone = exitedError(qemu, during);
+    if (!gone) return error;
+    gone.cause = error;
+    return gone;
   }
 
   /**
@@ -382,5 +397,7 @@ export class StartedGuest implements AsyncDisposable {
   #checkUsable(): void {
     if (this.#stopping) throw new GuestStoppedError(this.name);
     if (this.#resources.diskFull) throw this.#resources.diskFull;
+    const gone = exitedError(this.#resources.qemu, `earlier: guest ${this.name} is gone (stop() it to clean up)`);
+    if (gone) throw gone;
   }
 }

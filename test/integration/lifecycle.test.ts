@@ -46,6 +46,26 @@ describe('guest lifecycle', () => {
     expect(await fs.readdir(instances())).toEqual([]);
   });
 
+  test('QEMU killed under a running command: the command fails at once, naming the exit, and stop() leaves nothing', async () => {
+    const guest = await startGuest({ image: 'debian-12' });
+    const running = guest.exec(['sleep', '60']).then(
+      () => undefined,
+      (error: unknown) => error as Error,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const killedAt = Date.now();
+    process.kill(guest.pid, 'SIGKILL');
+    const error = await running;
+    console.log(`command failed ${Date.now() - killedAt} ms after QEMU was killed: ${error?.message.split('\n')[0]}`);
+    expect(error).toBeInstanceOf(Error);
+    expect(error!.message).toMatch(/^QEMU was killed by SIGKILL while guest \S+ ran sleep 60:/);
+    expect((error!.cause as Error).message).toMatch(/agent channel closed/);
+    await expect(guest.exec(['true'])).rejects.toThrow(/^QEMU was killed by SIGKILL earlier: guest \S+ is gone \(stop\(\) it to clean up\)/);
+    await guest.stop();
+    expect(await fs.readdir(instances())).toEqual([]);
+    expect(await processesMentioning(instances())).toEqual([]);
+  });
+
   test('a host disk below the free-space minimum is refused before boot', async () => {
     process.env.GUESTLAB_MIN_FREE_DISK_MIB = String(1024 ** 3);
     try {
