@@ -8,7 +8,7 @@ import { GuestlabError } from '../errors.ts';
 import { describeValue } from '../util/validate.ts';
 import { SshSession } from '../ssh/session.ts';
 import { retryUntil } from '../util/retry.ts';
-import { runCommand, runOnAgent } from './commands.ts';
+import { expectProgram, runCommand, runOnAgent } from './commands.ts';
 import type { AgentFiles } from './files.ts';
 import type { GuestResources } from './resources.ts';
 import type { ExecOptions, ExecResult, SshInfo } from './types.ts';
@@ -76,6 +76,7 @@ export class GuestChannels {
   async exec(argv: string[], options: ExecOptions): Promise<ExecResult> {
     const { via } = options;
     if (via !== undefined && via !== 'agent' && via !== 'ssh') throw new TypeError(`Expected \`via\` to be 'agent' or 'ssh', got ${describeValue(via)}`);
+    expectProgram(argv);
     const { agent } = this;
     if (via === 'agent' && !agent) {
       throw new GuestlabError(`Guest ${this.#guest} has no guest agent to run the command on (${this.#resources.agent?.lost ?? 'none answered at boot: its image has none and cloud-init did not install one, or it did not answer'}); leave \`via\` out to use SSH`);

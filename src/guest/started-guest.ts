@@ -3,7 +3,7 @@
 // resources.ts (teardown).
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ExecResult } from '../exec-result.ts';
-import { GuestCommandError, GuestlabError, GuestStoppedError } from '../errors.ts';
+import { GuestlabError, GuestStoppedError, SshError } from '../errors.ts';
 import { fileInfo, type FileInfo } from '../inspect/files.ts';
 import { packageInfo, type PackageInfo } from '../inspect/packages.ts';
 import type { ListeningSocket } from '../inspect/sockets.ts';
@@ -160,12 +160,14 @@ export class StartedGuest implements AsyncDisposable {
   }
 
   /**
-   * The error to report for a channel that failed: QEMU's exit when QEMU has exited (its channels
-   * close a moment before the exit is seen, so it is given a second), `error` otherwise.
+   * The error to report for a channel that was lost: QEMU's exit when QEMU has exited (its channels
+   * close a moment before the exit is seen, so it is given a second), `error` otherwise. Any other
+   * error (bad input, an abort) is reported as it is, at once.
    */
   async #qemuGoneInstead(error: unknown, during: string): Promise<unknown> {
-    const { qemu } = this.#resources;
-    if (this.#stopping || error instanceof GuestCommandError) return error;
+    const { qemu, agent } = this.#resources;
+    const channelLost = agent?.lost !== undefined || error instanceof SshError;
+    if (this.#stopping || !channelLost) return error;
     if (!qemu.exit) await Promise.race([qemu.exited, sleep(1000)]);
     const gone = exitedError(qemu, during);
     if (!gone) return error;
